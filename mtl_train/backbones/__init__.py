@@ -1,0 +1,1 @@
+"""Backbones: each module builds a trunk whose first blocks are shared across tasks."""

@@ -1,0 +1,60 @@
+"""A plain convolutional trunk for 1-D signals (ECG) or 2-D images (MNIST family).
+
+Each block is Conv -> BatchNorm -> ReLU -> MaxPool(2), the layout of the small CNNs used in multi-task
+benchmarks (e.g. Sener & Koltun, NeurIPS 2018, MultiLeNet). The trunk is hard-shared up to
+``split_depth`` blocks (see :mod:`mtl_train.backbones.hard`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from mtl_train.backbones.hard import HardSharedBackbone
+from mtl_train.errors import ConfigError
+
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d}
+_NORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}
+_POOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d}
+
+
+def conv_block(in_channels: int, out_channels: int, kernel_size: int, stride: int, spatial_dims: int) -> nn.Sequential:
+    """Conv(kernel, stride, same-padding) -> BatchNorm -> ReLU -> MaxPool(2)."""
+    return nn.Sequential(
+        _CONV[spatial_dims](in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=False),
+        _NORM[spatial_dims](out_channels),
+        nn.ReLU(inplace=True),
+        _POOL[spatial_dims](2),
+    )
+
+
+def hard_cnn(
+    task_names: Sequence[str],
+    in_channels: int,
+    spatial_dims: int,
+    channels: Sequence[int] = (16, 32, 64),
+    kernel_size: int = 3,
+    first_stride: int = 1,
+    split_depth: int | None = None,
+) -> HardSharedBackbone:
+    """A CNN with ``len(channels)`` blocks, the first ``split_depth`` shared (all of them when None).
+
+    ``first_stride`` > 1 downsamples long signals early (e.g. 2 for 2,500-sample ECG segments).
+    """
+    if spatial_dims not in _CONV:
+        raise ConfigError(f"backbone.spatial_dims must be 1 (signals) or 2 (images), got {spatial_dims}")
+    if len(channels) == 0:
+        raise ConfigError("backbone.channels must list at least one block width")
+    widths = [in_channels, *channels]
+    blocks = [
+        conv_block(widths[i], widths[i + 1], kernel_size, first_stride if i == 0 else 1, spatial_dims)
+        for i in range(len(channels))
+    ]
+    return HardSharedBackbone(
+        blocks,
+        task_names,
+        split_depth=len(blocks) if split_depth is None else split_depth,
+        out_channels=channels[-1],
+        spatial_dims=spatial_dims,
+    )

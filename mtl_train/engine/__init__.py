@@ -1,0 +1,1 @@
+"""The training engine: device/precision set-up, the loop, progress display and run outputs."""

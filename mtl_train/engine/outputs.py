@@ -1,0 +1,75 @@
+"""The files every run writes into its output directory.
+
+- ``losses.csv`` / ``weights.csv``: one row per training step, columns ``step`` + one per task;
+- ``metrics.jsonl``: one JSON object per evaluation (step, epoch, split, per-task metrics);
+- ``summary.json`` (final and best metrics, config digest, wall time, device), written atomically;
+- ``checkpoints/last.pt``, written atomically (see :mod:`mtl_train.utils.io`).
+
+CSV and JSONL files are append-only and flushed on every write, so an interrupted run keeps every row
+written before the interruption.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mtl_train.utils.io import save_torch, write_json
+
+
+class RunWriter:
+    """Appends per-step and per-evaluation records to the run's files."""
+
+    def __init__(self, output_dir: Path, task_names: list[str]) -> None:
+        self.output_dir = Path(output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.task_names = task_names
+        self._csv_files = {}
+        self._csv_writers = {}
+        for name in ("losses", "weights"):
+            file = open(self.output_dir / f"{name}.csv", "w", newline="")
+            writer = csv.writer(file)
+            writer.writerow(["step", *task_names])
+            file.flush()
+            self._csv_files[name] = file
+            self._csv_writers[name] = writer
+        self._metrics_file = open(self.output_dir / "metrics.jsonl", "w")
+
+    def log_steps(self, steps: list[int], losses: Tensor, weights: Tensor) -> None:
+        """Append rows for ``steps``; ``losses``/``weights`` are ``(len(steps), k)`` CPU tensors."""
+        for name, values in (("losses", losses), ("weights", weights)):
+            rows = values.tolist()
+            self._csv_writers[name].writerows([[step, *(f"{v:.6g}" for v in row)] for step, row in zip(steps, rows)])
+            self._csv_files[name].flush()
+
+    def log_eval(self, step: int, epoch: int, split: str, metrics: dict[str, dict[str, float]]) -> None:
+        record = {"step": step, "epoch": epoch, "split": split, "metrics": metrics}
+        self._metrics_file.write(json.dumps(record) + "\n")
+        self._metrics_file.flush()
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_json(self.output_dir / "summary.json", summary)
+
+    def save_checkpoint(self, state: dict[str, Any]) -> Path:
+        path = self.output_dir / "checkpoints" / "last.pt"
+        save_torch(path, state)
+        return path
+
+    def close(self) -> None:
+        for file in (*self._csv_files.values(), self._metrics_file):
+            file.close()
+
+
+def read_step_csv(path: Path) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """Read a ``losses.csv``/``weights.csv``: (task names, steps (n,), values (n, k))."""
+    with open(path, newline="") as file:
+        rows = list(csv.reader(file))
+    header, body = rows[0], rows[1:]
+    steps = torch.tensor([int(r[0]) for r in body], dtype=torch.long)
+    values = torch.tensor([[float(v) for v in r[1:]] for r in body], dtype=torch.float64).reshape(len(body), len(header) - 1)
+    return header[1:], steps, values

@@ -1,0 +1,1 @@
+"""Per-task evaluation metrics, one :class:`~mtl_train.metrics.base.TaskMetric` per task type."""

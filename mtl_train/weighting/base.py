@@ -1,0 +1,79 @@
+"""The interface every loss-weighting method implements.
+
+A weighting method turns the per-task losses of one training step into gradients on the model. The trainer,
+for every step and whatever the method:
+
+1. computes ``losses``, a tensor of shape ``(k,)`` in the order of ``weighting.task_names``;
+2. zeroes the gradients and calls ``weights = weighting.backward(losses, ctx)``: the method must leave
+   ``.grad`` set on every model parameter (and on its own parameters, if it has any) and return the ``(k,)``
+   weights it applied, detached (methods that combine gradients return the effective weights of the
+   combination). ``weights.csv`` records them;
+3. unscales (AMP), clips and steps one optimizer holding the model's parameters and the groups from
+   :meth:`Weighting.optimizer_groups`;
+4. calls :meth:`Weighting.after_optimizer_step` (a no-op unless the method overrides it).
+
+Everything a method may use is passed in :class:`StepContext`; a method never reaches into the trainer.
+Its state lives in parameters and buffers, so ``state_dict()`` checkpoints it.
+
+Gradient scaling (fp16 AMP): a method must call ``ctx.scale(loss).backward()`` (or differentiate
+``ctx.scale(loss)``) instead of using ``loss`` directly. Gradients are then in scaled units, and the trainer
+unscales everything the optimizer holds. Quantities that are homogeneous in the gradient scale (norm ratios,
+normalised directions) are unaffected.
+
+To add a method: one file ``mtl_train/weighting/<name>.py`` with a subclass whose hyperparameters are
+``__init__`` arguments, and one ``configs/weighting/<name>.yaml`` whose ``_target_`` points at it. The trainer
+injects ``task_names``; nothing else is edited.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from mtl_train.model import MultiTaskModel
+
+
+@dataclass
+class StepContext:
+    """What a weighting method may use during one training step."""
+
+    model: MultiTaskModel
+    step: int
+    scale: Callable[[Tensor], Tensor]
+
+
+class Weighting(nn.Module, ABC):
+    """Base class of loss-weighting methods (see the module docstring for the contract)."""
+
+    def __init__(self, task_names: Sequence[str], lr: float | None = None) -> None:
+        super().__init__()
+        self.task_names = list(task_names)
+        self.lr = lr
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.task_names)
+
+    @abstractmethod
+    def backward(self, losses: Tensor, ctx: StepContext) -> Tensor:
+        """Set gradients from the ``(k,)`` task losses; return the ``(k,)`` weights applied (detached)."""
+
+    def optimizer_groups(self) -> list[dict]:
+        """Parameter groups for the method's own learnable parameters (none by default).
+
+        They are stepped by the trainer's optimizer, with learning rate ``lr`` (the optimizer's own when None)
+        and no weight decay.
+        """
+        params = list(self.parameters())
+        if not params:
+            return []
+        group = {"params": params, "weight_decay": 0.0}
+        if self.lr is not None:
+            group["lr"] = self.lr
+        return [group]
+
+    def after_optimizer_step(self, ctx: StepContext) -> None:
+        """Called after every optimizer step (e.g. to renormalise weights). No-op by default."""
