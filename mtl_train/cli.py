@@ -10,6 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 from rich.console import Console
+from rich.text import Text
 
 from mtl_train.engine.report import metrics_table
 from mtl_train.errors import UserError
@@ -35,7 +36,7 @@ def main(cfg: DictConfig) -> None:
     except UserError as error:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise
-        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False)
+        Console(stderr=True).print(Text.assemble(("error: ", "bold red"), str(error)), soft_wrap=True)
         sys.exit(1)
     console.print(metrics_table(summary))
     console.print(f"outputs: {summary['output_dir']}", highlight=False)

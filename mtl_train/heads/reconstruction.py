@@ -24,12 +24,13 @@ class ReconstructionHead(nn.Module):
         spatial_dims: int,
         out_channels: int,
         hidden: int = 32,
+        upsample_stages: int = 2,
         activation: str = "none",
     ) -> None:
         super().__init__()
         if activation not in ("none", "sigmoid"):
             raise ConfigError(f"heads activation must be 'none' or 'sigmoid', got {activation!r}")
-        self.decoder = DenseHead(in_channels, spatial_dims, out_channels, hidden)
+        self.decoder = DenseHead(in_channels, spatial_dims, out_channels, hidden, upsample_stages)
         self.activation = activation
 
     def forward(self, features: Tensor, input_size: Sequence[int]) -> Tensor:

@@ -16,10 +16,14 @@ from mtl_train.weighting.base import StepContext, Weighting
 
 
 class StaticWeighting(Weighting):
-    """Fixed weights: a mapping task -> weight (unnamed tasks get ``default_weight``) or a list in task order."""
+    """Fixed weights: a mapping task -> weight (unnamed tasks get ``default_weight``), a list in task order, or
+    None (every task gets ``default_weight``)."""
 
     def __init__(
-        self, task_names: Sequence[str], weights: Mapping[str, float] | Sequence[float], default_weight: float = 1.0
+        self,
+        task_names: Sequence[str],
+        weights: Mapping[str, float] | Sequence[float] | None = None,
+        default_weight: float = 1.0,
     ) -> None:
         super().__init__(task_names)
         values = self._weights_in_task_order(weights, default_weight)
@@ -28,7 +32,9 @@ class StaticWeighting(Weighting):
             raise ConfigError(f"weighting.weights must be >= 0, got {negative}")
         self.register_buffer("weights", torch.tensor(values))
 
-    def _weights_in_task_order(self, weights: Mapping[str, float] | Sequence[float], default: float) -> list[float]:
+    def _weights_in_task_order(self, weights: Mapping[str, float] | Sequence[float] | None, default: float) -> list[float]:
+        if weights is None:
+            return [float(default)] * self.num_tasks
         if isinstance(weights, Mapping):
             unknown = sorted(set(weights) - set(self.task_names))
             if unknown:

@@ -1,0 +1,52 @@
+"""Shared fixtures: compose the real config tree with Hydra's compose API, and tiny offline image data."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from mtl_train.cli import config_dir
+
+CONFIG_DIR = Path(config_dir())
+
+
+def compose_config(overrides: list[str], output_dir: Path | None = None) -> DictConfig:
+    """The config `mtl-train <overrides>` would run, with its outputs sent to ``output_dir``."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose(config_name="train", overrides=overrides)
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.output_dir = str(output_dir)
+    return cfg
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array as a gzipped IDX file (the MNIST file format)."""
+    header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as file:
+        file.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="session")
+def tiny_fashion_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data root holding a tiny random Fashion-MNIST in torchvision's layout (<root>/FashionMNIST/raw)."""
+    root = tmp_path_factory.mktemp("data")
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 120), ("t10k", 40)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, size=(n, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, size=(n,)))
+    return root
+
+
+def image_data_overrides(root: Path) -> list[str]:
+    """Overrides that point the MNIST-family task sets at the tiny offline data."""
+    return ["dataset=fashion_mnist", f"dataset.root={root}", "dataset.download=false", "dataset.system_dirs=[]",
+            "dataset.val_size=20"]

@@ -1,0 +1,79 @@
+"""GradNorm (Chen et al., ICML 2018) on hand-computed cases and on a tiny model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mtl_train.backbones.cnn import hard_cnn
+from mtl_train.heads.classification import ClassificationHead
+from mtl_train.model import MultiTaskModel
+from mtl_train.weighting.base import StepContext
+from mtl_train.weighting.gradients import task_gradient_matrix
+from mtl_train.weighting.gradnorm import GradNorm, gradnorm_loss
+
+
+def test_gradnorm_loss_hand_computed() -> None:
+    """Norms ||g|| = (2, 1), w = (1, 1), equal loss ratios: Gbar = 1.5, targets (1.5, 1.5),
+    L_grad = |2 - 1.5| + |1 - 1.5| = 1; dL/dw = (sign(0.5) * 2, sign(-0.5) * 1) = (2, -1)."""
+    weights = torch.ones(2, requires_grad=True)
+    grads = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.6, 0.8]])
+    loss = gradnorm_loss(weights, grads, torch.tensor([0.5, 0.5]), alpha=1.5)
+    loss.backward()
+    assert loss.item() == pytest.approx(1.0)
+    assert weights.grad.tolist() == pytest.approx([2.0, -1.0])
+
+
+def test_gradnorm_loss_is_zero_when_norms_match_the_training_rates() -> None:
+    """Loss ratios (2, 1) -> r = (4/3, 2/3); alpha = 1: targets 1.5 * r = (2, 1) = the norms, so L_grad = 0."""
+    loss = gradnorm_loss(torch.ones(2), torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([2.0, 1.0]), alpha=1.0)
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_gradnorm_loss_is_invariant_to_how_rows_are_flattened() -> None:
+    grads = torch.randn(3, 10)
+    permutation = torch.randperm(10)
+    args = (torch.tensor([0.5, 1.0, 1.5]), torch.tensor([1.0, 0.7, 0.4]), 1.5)
+    assert gradnorm_loss(args[0], grads, *args[1:]).item() == pytest.approx(
+        gradnorm_loss(args[0], grads[:, permutation], *args[1:]).item(), rel=1e-6)
+
+
+def tiny_model() -> MultiTaskModel:
+    torch.manual_seed(0)
+    backbone = hard_cnn(["a", "b"], in_channels=1, spatial_dims=1, channels=(4, 4), kernel_size=3)
+    heads = {t: ClassificationHead(4, 1, num_classes=3, hidden=8) for t in ("a", "b")}
+    return MultiTaskModel(backbone, heads)
+
+
+def test_gradnorm_step_on_a_model() -> None:
+    model = tiny_model()
+    x, y = torch.randn(8, 1, 16), torch.randint(0, 3, (8,))
+    outputs = model(x)
+    losses = torch.stack([torch.nn.functional.cross_entropy(outputs[t], y) for t in ("a", "b")])
+    method = GradNorm(["a", "b"], alpha=1.5)
+    with torch.no_grad():
+        method.weights.copy_(torch.tensor([1.5, 0.5]))
+    layer = list(model.last_shared_layer().parameters())
+    expected_model_grad = task_gradient_matrix(losses, layer).T @ torch.tensor([1.5, 0.5])
+    grads = task_gradient_matrix(losses, layer)
+    ctx = StepContext(model=model, step=0, scale=lambda loss: loss)
+    weights = method.backward(losses, ctx)
+
+    assert weights.tolist() == [1.5, 0.5]
+    assert torch.allclose(torch.cat([p.grad.reshape(-1) for p in layer]), expected_model_grad, atol=1e-6)
+    # first step: L(0) = L, so all ratios are 1 and the target is the mean weighted norm
+    norms = grads.norm(dim=1) * torch.tensor([1.5, 0.5])
+    expected_w_grad = torch.sign(norms - norms.mean()) * grads.norm(dim=1)
+    assert torch.allclose(method.weights.grad, expected_w_grad, atol=1e-5)
+    assert method.initial_losses.tolist() == pytest.approx(losses.tolist())
+
+    with torch.no_grad():
+        method.weights.copy_(torch.tensor([3.0, 1.0]))
+    method.after_optimizer_step(ctx)
+    assert method.weights.tolist() == pytest.approx([1.5, 0.5])  # renormalised to sum to k = 2
+
+
+def test_last_shared_layer_is_the_last_shared_convolution() -> None:
+    model = tiny_model()
+    assert isinstance(model.last_shared_layer(), torch.nn.Conv1d)
+    assert model.last_shared_layer() is model.backbone.shared[-1][0]
