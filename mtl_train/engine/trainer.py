@@ -188,13 +188,13 @@ class Trainer:
             )
         progress.update(steps[-1], losses[-1].tolist(), weights[-1].tolist())
 
-    def _evaluate_and_log(self, progress: TrainingProgress) -> Metrics:
+    def _evaluate_and_log(self, progress: TrainingProgress, checkpoint: bool = True) -> Metrics:
         metrics = self.evaluate("val")
         self.writer.log_eval(self.step, self.epoch, "val", metrics)
         self._update_best(metrics)
         progress.message(f"[eval] step {self.step} epoch {self.epoch}: " + "; ".join(
             f"{task} " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()) for task, values in metrics.items()))
-        if self.settings.checkpoint:
+        if checkpoint and self.settings.checkpoint:
             self.writer.save_checkpoint(self.checkpoint_state())
         return metrics
 
@@ -243,9 +243,11 @@ class Trainer:
                 if self.settings.eval_every is None:
                     final_val, evaluated_at = self._evaluate_and_log(progress), self.step
             if evaluated_at != self.step:
-                final_val = self._evaluate_and_log(progress)
+                final_val = self._evaluate_and_log(progress, checkpoint=False)
             final_test = self.evaluate("test")
             self.writer.log_eval(self.step, self.epoch, "test", final_test)
+        if self.settings.checkpoint:
+            self.writer.save_checkpoint(self.checkpoint_state())
         return {
             "final": {"val": final_val, "test": final_test},
             "best": self.best,
