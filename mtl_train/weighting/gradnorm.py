@@ -8,7 +8,9 @@ r_i = (L_i / L_i(0)) / mean_j (L_j / L_j(0)), the weights minimise
 
 while the model is updated with grad of sum_i w_i L_i (w held constant). After every step the weights are
 renormalised to sum to the task count k. Defaults follow the paper: alpha = 1.5 (its NYUv2 setting), w(0) = 1,
-weights learned at lr 0.025, L_i(0) = the task losses of the first training step.
+weights learned at lr 0.025, L_i(0) = the task losses of the first training step, and W = the last shared layer
+(``gradient_params="last_shared_layer"``; ``"shared"`` takes the norms over every shared parameter, as LibMTL
+does, at the cost of k backward passes through the trunk).
 """
 
 from __future__ import annotations
@@ -35,11 +37,20 @@ def gradnorm_loss(weights: Tensor, grads: Tensor, loss_ratios: Tensor, alpha: fl
 class GradNorm(Weighting):
     """Weights learned so that every task trains at a similar rate (see the module docstring)."""
 
-    def __init__(self, task_names: Sequence[str], alpha: float = 1.5, lr: float | None = 0.025) -> None:
+    def __init__(
+        self,
+        task_names: Sequence[str],
+        alpha: float = 1.5,
+        lr: float | None = 0.025,
+        gradient_params: str = "last_shared_layer",
+    ) -> None:
         super().__init__(task_names, lr=lr)
         if not alpha >= 0:
             raise ConfigError(f"weighting.alpha must be >= 0, got {alpha}")
+        if gradient_params not in ("last_shared_layer", "shared"):
+            raise ConfigError(f"weighting.gradient_params must be 'last_shared_layer' or 'shared', got {gradient_params!r}")
         self.alpha = alpha
+        self.gradient_params = gradient_params
         self.weights = nn.Parameter(torch.ones(len(self.task_names)))
         self.register_buffer("initial_losses", torch.zeros(len(self.task_names)))
         self.register_buffer("has_initial_losses", torch.tensor(False))
@@ -48,8 +59,11 @@ class GradNorm(Weighting):
         if not self.has_initial_losses:
             self.initial_losses.copy_(losses.detach())
             self.has_initial_losses.fill_(True)
-        layer_params = list(ctx.model.last_shared_layer().parameters())
-        grads = task_gradient_matrix(ctx.scale(losses), layer_params)
+        if self.gradient_params == "shared":
+            params = ctx.model.shared_parameters()
+        else:
+            params = list(ctx.model.last_shared_layer().parameters())
+        grads = task_gradient_matrix(ctx.scale(losses), params)
         loss_ratios = losses.detach() / self.initial_losses
         gradnorm_loss(self.weights, grads, loss_ratios, self.alpha).backward()
         weights = self.weights.detach()

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mtl_train.backbones.cnn import hard_cnn
+from mtl_train.errors import ConfigError
 from mtl_train.heads.classification import ClassificationHead
 from mtl_train.model import MultiTaskModel
 from mtl_train.weighting.base import StepContext
@@ -77,3 +78,20 @@ def test_last_shared_layer_is_the_last_shared_convolution() -> None:
     model = tiny_model()
     assert isinstance(model.last_shared_layer(), torch.nn.Conv1d)
     assert model.last_shared_layer() is model.backbone.shared[-1][0]
+
+
+def test_gradnorm_over_all_shared_parameters_uses_their_norms() -> None:
+    model = tiny_model()
+    x, y = torch.randn(8, 1, 16), torch.randint(0, 3, (8,))
+    outputs = model(x)
+    losses = torch.stack([torch.nn.functional.cross_entropy(outputs[t], y) for t in ("a", "b")])
+    norms = task_gradient_matrix(losses, model.shared_parameters()).norm(dim=1)
+    method = GradNorm(["a", "b"], gradient_params="shared")
+    method.backward(losses, StepContext(model=model, step=0, scale=lambda loss: loss))
+    # w = (1, 1), ratios 1: dL/dw_i = sign(n_i - mean(n)) * n_i
+    assert torch.allclose(method.weights.grad, torch.sign(norms - norms.mean()) * norms, atol=1e-5)
+
+
+def test_gradnorm_rejects_unknown_gradient_params() -> None:
+    with pytest.raises(ConfigError, match="weighting.gradient_params"):
+        GradNorm(["a", "b"], gradient_params="everything")
