@@ -14,6 +14,8 @@ A metric accumulates statistics over any number of batches and reduces them to n
   accumulated since the last reset.
 * ``higher_is_better`` (class attribute) maps each metric name to whether larger is better.
 * ``primary`` (class attribute) names the metric used for model selection ("best" checkpoint).
+* ``class_logits`` (class attribute) is True when predictions are class logits along dim 1 (classification,
+  segmentation), so methods that need predicted distributions (e.g. ``weighting=max_entropy``) can tell.
 
 Sums are accumulated in float64 and counts in int64, so results do not drift over many batches.
 """
@@ -34,6 +36,7 @@ class TaskMetric(ABC):
 
     higher_is_better: ClassVar[dict[str, bool]]
     primary: ClassVar[str]
+    class_logits: ClassVar[bool] = False
 
     @abstractmethod
     def reset(self) -> None:
@@ -57,6 +60,8 @@ class ConfusionMatrixMetric(TaskMetric):
     left out of the matrix and counted; :meth:`confusion_matrix` (hence ``compute()``) raises
     :class:`ValueError` if there were any.
     """
+
+    class_logits: ClassVar[bool] = True
 
     def __init__(self, num_classes: int) -> None:
         if num_classes < 2:

@@ -3,33 +3,38 @@
 A weighting method turns the per-task losses of one training step into gradients on the model. The trainer,
 for every step and whatever the method:
 
-1. computes ``losses``, a tensor of shape ``(k,)`` in the order of ``weighting.task_names``;
+1. computes the shared representation ``z = model.encode(x)``, the outputs ``model.decode(z)`` and ``losses``,
+   a tensor of shape ``(k,)`` in the order of ``weighting.task_names`` (multiplied by the training schedule's
+   per-task factors, see :mod:`mtl_train.schedules`);
 2. zeroes the gradients and calls ``weights = weighting.backward(losses, ctx)``: the method must leave
    ``.grad`` set on every model parameter (and on its own parameters, if it has any) and return the ``(k,)``
    weights it applied, detached (methods that combine gradients return the effective weights of the
    combination). ``weights.csv`` records them;
 3. unscales (AMP), clips and steps one optimizer holding the model's parameters and the groups from
    :meth:`Weighting.optimizer_groups`;
-4. calls :meth:`Weighting.after_optimizer_step` (a no-op unless the method overrides it).
+4. calls :meth:`Weighting.after_optimizer_step`; at the end of every epoch :meth:`Weighting.after_epoch` with
+   the epoch's mean training losses; after every validation :meth:`Weighting.after_evaluation` with the
+   metrics. All three are no-ops unless a method overrides them.
 
-Everything a method may use is passed in :class:`StepContext`; a method never reaches into the trainer.
-Its state lives in parameters and buffers, so ``state_dict()`` checkpoints it.
+Everything a method may use is passed in :class:`StepContext`; a method never reaches into the trainer, and the
+trainer never branches on which method runs. A method's state lives in parameters and buffers (or in
+``get_extra_state``), so ``state_dict()`` checkpoints it.
 
 Gradient scaling (fp16 AMP): a method must call ``ctx.scale(loss).backward()`` (or differentiate
-``ctx.scale(loss)``) instead of using ``loss`` directly. Gradients are then in scaled units, and the trainer
-unscales everything the optimizer holds. Quantities that are homogeneous in the gradient scale (norm ratios,
-normalised directions) are unaffected.
+``ctx.scale(loss)``) instead of using ``loss`` directly. Gradients are then in scaled units (``ctx.loss_scale``
+times the true ones), and the trainer unscales everything the optimizer holds.
 
 To add a method: one file ``mtl_train/weighting/<name>.py`` with a subclass whose hyperparameters are
 ``__init__`` arguments, and one ``configs/weighting/<name>.yaml`` whose ``_target_`` points at it. The trainer
-injects ``task_names``; nothing else is edited.
+injects ``task_names``; nothing else is edited. Methods that combine per-task gradients subclass
+:class:`mtl_train.weighting.gradient_based.GradientWeighting` instead.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
@@ -38,11 +43,23 @@ from mtl_train.model import MultiTaskModel
 
 @dataclass
 class StepContext:
-    """What a weighting method may use during one training step."""
+    """What a weighting method may use during one training step.
+
+    ``shared_representation`` is z (the trunk's output, still in the graph); ``outputs`` are the task outputs
+    (in the graph); ``class_logits[task]`` says whether a task's output holds class logits along dim 1;
+    ``recompute_losses()`` evaluates the task losses again on the same batch with the current parameters,
+    without gradients (for methods that compare losses before and after the update, e.g. FAMO).
+    """
 
     model: MultiTaskModel
     step: int
     scale: Callable[[Tensor], Tensor]
+    loss_scale: float = 1.0
+    epoch: int = 0
+    shared_representation: Tensor | None = None
+    outputs: dict[str, Tensor] = field(default_factory=dict)
+    class_logits: dict[str, bool] = field(default_factory=dict)
+    recompute_losses: Callable[[], Tensor] | None = None
 
 
 class Weighting(nn.Module, ABC):
@@ -77,3 +94,9 @@ class Weighting(nn.Module, ABC):
 
     def after_optimizer_step(self, ctx: StepContext) -> None:
         """Called after every optimizer step (e.g. to renormalise weights). No-op by default."""
+
+    def after_epoch(self, epoch: int, mean_losses: Tensor) -> None:
+        """Called at the end of every epoch with the ``(k,)`` mean training losses. No-op by default."""
+
+    def after_evaluation(self, metrics: dict[str, dict[str, float]]) -> None:
+        """Called after every validation with ``{task: {metric: value}}``. No-op by default."""
