@@ -65,12 +65,13 @@ def train(cfg: DictConfig) -> dict:
     }
     model = MultiTaskModel(backbone, heads).to(device)
     weighting = instantiate(cfg.weighting, "weighting", task_names=task_names).to(device)
+    schedule = instantiate(cfg.schedule, "schedule", task_names=task_names)
     optimizer = build_optimizer(cfg, [{"params": list(model.parameters())}, *weighting.optimizer_groups()])
     scheduler = instantiate(cfg.scheduler.build, "scheduler.build")(optimizer)
 
     writer = RunWriter(output_dir, task_names)
     trainer = Trainer(
-        model, tasks, weighting, optimizer, scheduler, cfg.scheduler.interval, data, device, amp_dtype,
+        model, tasks, weighting, schedule, optimizer, scheduler, cfg.scheduler.interval, data, device, amp_dtype,
         settings, writer, config, cfg.seed,
     )
     try:

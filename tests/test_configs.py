@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import CONFIG_DIR, compose_config
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from mtl_train.backbones.hard import HardSharedBackbone
 from mtl_train.metrics.base import TaskMetric
@@ -21,8 +21,8 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
-GROUPS = ["task", "dataset", "backbone", "heads", "loss", "weighting", "optimizer", "scheduler", "trainer",
-          "hydra", "experiment", "debug"]
+GROUPS = ["task", "dataset", "backbone", "heads", "loss", "weighting", "schedule", "optimizer", "scheduler",
+          "trainer", "hydra", "experiment", "debug"]
 
 
 def test_every_group_has_options() -> None:
@@ -74,6 +74,18 @@ def test_every_weighting_builds(option: str) -> None:
     assert isinstance(weighting, Weighting) and weighting.task_names == list(cfg.task)
 
 
+@pytest.mark.parametrize("option", options("schedule"))
+def test_every_schedule_builds(option: str) -> None:
+    cfg = compose_config([f"schedule={option}"])
+    required = {"task": "denoise", "tasks": ["rhythm"]}
+    with open_dict(cfg):
+        for key in cfg.schedule.keys():
+            if OmegaConf.is_missing(cfg.schedule, key):
+                cfg.schedule[key] = required[key]
+    schedule = instantiate(cfg.schedule, "schedule", task_names=list(cfg.task))
+    assert schedule.factors(0, 0.0).shape == (len(cfg.task),)
+
+
 @pytest.mark.parametrize("option", options("dataset"))
 def test_every_dataset_constructs(option: str) -> None:
     cfg = compose_config([f"dataset={option}"])
@@ -104,12 +116,13 @@ def test_task_set_switches_dataset_but_command_line_wins() -> None:
 
 @pytest.mark.parametrize(
     ("package", "group"),
-    [("weighting", "weighting"), ("data", "dataset"), ("heads", "heads"), ("backbones", "backbone"), ("losses", "loss")],
+    [("weighting", "weighting"), ("data", "dataset"), ("heads", "heads"), ("backbones", "backbone"), ("losses", "loss"),
+     ("schedules", "schedule")],
 )
 def test_every_component_module_has_a_yaml(package: str, group: str) -> None:
     """One Python file + one YAML: each component module is the _target_ of some YAML in its group."""
     targets = " ".join((CONFIG_DIR / group / f).read_text() for f in [p.name for p in (CONFIG_DIR / group).glob("*.yaml")])
-    helpers = {"__init__", "base", "gradients", "hard", "image_family"}
+    helpers = {"__init__", "base", "gradients", "gradient_based", "solvers", "qp", "hard", "image_family"}
     for module in (REPO / "mtl_train" / package).glob("*.py"):
         if module.stem not in helpers:
             assert f"mtl_train.{package}.{module.stem}." in targets, f"no configs/{group}/*.yaml targets {module}"

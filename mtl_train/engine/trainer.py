@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -20,6 +20,7 @@ from mtl_train.engine.outputs import RunWriter
 from mtl_train.engine.progress import TrainingProgress
 from mtl_train.errors import ConfigError, NonFiniteLossError
 from mtl_train.model import MultiTaskModel
+from mtl_train.schedules.base import TrainingSchedule
 from mtl_train.tasks import Task
 from mtl_train.utils.seed import rng_state
 from mtl_train.weighting.base import StepContext, Weighting
@@ -61,6 +62,7 @@ class Trainer:
         model: MultiTaskModel,
         tasks: list[Task],
         weighting: Weighting,
+        schedule: TrainingSchedule,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         scheduler_interval: str,
@@ -78,6 +80,7 @@ class Trainer:
         self.tasks = tasks
         self.task_names = [t.name for t in tasks]
         self.weighting = weighting
+        self.schedule = schedule
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.scheduler_interval = scheduler_interval
@@ -124,15 +127,38 @@ class Trainer:
         """The ``(k,)`` task losses, computed in float32 outside autocast."""
         return torch.stack([task.loss(outputs[task.name].float(), targets[task.target]) for task in self.tasks])
 
+    def _recompute_losses(self, inputs: Tensor, targets: dict[str, Tensor], factors: Tensor) -> Callable[[], Tensor]:
+        """A closure giving the scheduled task losses on this batch with the current parameters, without grad."""
+
+        @torch.no_grad()
+        def recompute() -> Tensor:
+            with self._autocast():
+                outputs = self.model(inputs)
+            return self.task_losses(outputs, targets) * factors
+
+        return recompute
+
     def train_step(self, inputs: Tensor, targets: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """One optimisation step; returns the detached ``(k,)`` losses and weights."""
+        """One optimisation step; returns the detached ``(k,)`` losses and effective weights."""
         self.model.train()
         with self._autocast():
-            outputs = self.model(inputs)
+            z = self.model.encode(inputs)
+            outputs = self.model.decode(z, inputs.shape[2:])
         losses = self.task_losses(outputs, targets)
+        factors = self.schedule.factors(self.step, self.step / self.steps_per_epoch).to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
-        ctx = StepContext(model=self.model, step=self.step, scale=self.scaler.scale)
-        weights = self.weighting.backward(losses, ctx)
+        ctx = StepContext(
+            model=self.model,
+            step=self.step,
+            scale=self.scaler.scale,
+            loss_scale=self.scaler.get_scale() if self.scaler.is_enabled() else 1.0,
+            epoch=self.epoch,
+            shared_representation=z,
+            outputs=outputs,
+            class_logits={task.name: task.metric.class_logits for task in self.tasks},
+            recompute_losses=self._recompute_losses(inputs, targets, factors),
+        )
+        weights = self.weighting.backward(losses * factors, ctx) * factors
         if self.scaler.is_enabled():
             self.scaler.unscale_(self.optimizer)
         if self.settings.grad_clip is not None:
@@ -192,6 +218,7 @@ class Trainer:
         metrics = self.evaluate("val")
         self.writer.log_eval(self.step, self.epoch, "val", metrics)
         self._update_best(metrics)
+        self.weighting.after_evaluation(metrics)
         progress.message(f"[eval] step {self.step} epoch {self.epoch}: " + "; ".join(
             f"{task} " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()) for task, values in metrics.items()))
         if checkpoint and self.settings.checkpoint:
@@ -222,9 +249,13 @@ class Trainer:
         with TrainingProgress(self.settings.progress, total, self.task_names) as progress:
             while self.step < total:
                 epoch_start = time.perf_counter()
+                epoch_loss_sum = torch.zeros(len(self.tasks), device=self.device)
+                epoch_steps = 0
                 for inputs, targets in self._train_batches():
                     losses, weights = self.train_step(inputs, targets)
                     self.step += 1
+                    epoch_loss_sum += losses
+                    epoch_steps += 1
                     pending.append((self.step, losses, weights))
                     if len(pending) >= self.settings.log_every:
                         self._flush_steps(pending, progress)
@@ -236,6 +267,7 @@ class Trainer:
                         break
                 self.epoch += 1
                 epoch_times.append(time.perf_counter() - epoch_start)
+                self.weighting.after_epoch(self.epoch, epoch_loss_sum / epoch_steps)
                 if self.scheduler_interval == "epoch":
                     self.scheduler.step()
                 if pending:
