@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIG_DIR, compose_config
+from conftest import CONFIG_DIR, compose_config, image_data_overrides
 
 from mtl_train.train import train
 from mtl_train.utils.instantiate import instantiate
@@ -40,9 +40,11 @@ def test_rule_is_invariant_to_how_rows_are_flattened(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_state_survives_a_checkpoint_round_trip(name: str, tmp_path: Path) -> None:
-    """Train 3 steps, then load the saved weighting state into a fresh instance: identical state."""
-    cfg = compose_config(["debug=smoke", "dataset.num_val=16", f"weighting={name}", "trainer.max_steps=3"], tmp_path)
+def test_state_survives_a_checkpoint_round_trip(name: str, tmp_path: Path, tiny_fashion_root: Path) -> None:
+    """Train 3 steps (classification + segmentation, which every method accepts), then load the saved weighting
+    state into a fresh instance: identical state."""
+    cfg = compose_config(["debug=smoke", "task=cls_seg", *image_data_overrides(tiny_fashion_root), f"weighting={name}",
+                          "trainer.max_steps=3"], tmp_path)
     train(cfg)
     saved = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["weighting"]
     fresh = instantiate(cfg.weighting, "weighting", task_names=list(cfg.task))
@@ -58,9 +60,9 @@ def test_state_survives_a_checkpoint_round_trip(name: str, tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_bf16_autocast_run_gives_finite_weights(name: str, tmp_path: Path) -> None:
-    cfg = compose_config(["debug=smoke", "dataset.num_val=16", f"weighting={name}", "trainer.amp=bf16",
-                          "trainer.max_steps=3"], tmp_path)
+def test_bf16_autocast_run_gives_finite_weights(name: str, tmp_path: Path, tiny_fashion_root: Path) -> None:
+    cfg = compose_config(["debug=smoke", "task=cls_seg", *image_data_overrides(tiny_fashion_root), f"weighting={name}",
+                          "trainer.amp=bf16", "trainer.max_steps=3"], tmp_path)
     train(cfg)
     rows = (tmp_path / "weights.csv").read_text().splitlines()[1:]
     values = [float(v) for row in rows for v in row.split(",")[1:]]
