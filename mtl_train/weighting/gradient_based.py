@@ -58,18 +58,26 @@ class GradientWeighting(Weighting):
     def aggregate(self, grads: Tensor) -> Aggregation:
         """Combine the ``(k, d)`` per-task gradients (rows) into one direction."""
 
+    def shared_tensors(self, ctx: StepContext) -> list[Tensor]:
+        """What G is taken with respect to: ``[z]`` (``rep``) or the shared parameters (``params``)."""
+        return [ctx.shared_representation] if self.mode == "rep" else ctx.model.shared_parameters()
+
     def backward(self, losses: Tensor, ctx: StepContext) -> Tensor:
-        shared = [ctx.shared_representation] if self.mode == "rep" else ctx.model.shared_parameters()
+        shared = self.shared_tensors(ctx)
         grads = task_gradient_matrix(ctx.scale(losses), shared) / ctx.loss_scale
         aggregation = self.aggregate(grads.float())
-        direction = (aggregation.direction * ctx.loss_scale).to(grads.dtype)
+        self.apply_direction(losses, ctx, shared, (aggregation.direction * ctx.loss_scale).to(grads.dtype))
+        return aggregation.weights.detach()
+
+    def apply_direction(self, losses: Tensor, ctx: StepContext, shared: list[Tensor], direction: Tensor) -> None:
+        """Give the shared part the (scaled) flat ``direction`` and every task-specific parameter the gradient of its
+        own task's loss."""
         task_params = [p for task in self.task_names for p in ctx.model.task_parameters(task)]
         torch.autograd.backward(ctx.scale(losses.sum()), inputs=task_params, retain_graph=self.mode == "rep")
         if self.mode == "rep":
             shared[0].backward(direction.view_as(shared[0]))
         else:
             assign_flat_gradient(shared, direction)
-        return aggregation.weights.detach()
 
 
 def assign_flat_gradient(params: Sequence[Tensor], flat: Tensor) -> None:

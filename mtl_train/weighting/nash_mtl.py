@@ -41,7 +41,7 @@ from torch import Tensor
 
 from mtl_train.errors import ConfigError
 from mtl_train.weighting.base import StepContext
-from mtl_train.weighting.gradient_based import Aggregation, GradientWeighting, assign_flat_gradient
+from mtl_train.weighting.gradient_based import Aggregation, GradientWeighting
 
 _LINE_SEARCH_STEPS = 16  # step lengths t_max * 2^-j, j = 0..15, plus the damped step and 0
 _FRACTION_TO_BOUNDARY = 0.99
@@ -164,16 +164,10 @@ class NashMTL(GradientWeighting):
     def _backward_with_previous_weights(self, losses: Tensor, ctx: StepContext) -> Tensor:
         """One backward of sum_i alpha_i L_i (the previous alpha) into the shared part, clipped like ``aggregate``;
         task-specific parameters get their own unweighted gradients."""
-        shared = [ctx.shared_representation] if self.mode == "rep" else ctx.model.shared_parameters()
+        shared = self.shared_tensors(ctx)
         alpha = self.alpha.to(losses.dtype)
         parts = torch.autograd.grad(ctx.scale((alpha * losses).sum()), shared, retain_graph=True, allow_unused=True)
         flat = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(shared, parts)])
         factor = clip_factor(flat.float().norm() / ctx.loss_scale, self.max_norm)
-        direction = flat * factor.to(flat.dtype)
-        task_params = [p for task in self.task_names for p in ctx.model.task_parameters(task)]
-        torch.autograd.backward(ctx.scale(losses.sum()), inputs=task_params, retain_graph=self.mode == "rep")
-        if self.mode == "rep":
-            shared[0].backward(direction.view_as(shared[0]))
-        else:
-            assign_flat_gradient(shared, direction)
+        self.apply_direction(losses, ctx, shared, flat * factor.to(flat.dtype))
         return (self.alpha * factor).detach()
