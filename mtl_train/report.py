@@ -4,8 +4,8 @@ Runs are found as ``summary.json`` files (a run directory, or a sweep directory 
 configuration is its Hydra overrides (``.hydra/overrides.yaml``) without ``seed=...``, so the seeds of one
 configuration are averaged together. Failed or unfinished jobs (no ``summary.json``) are listed and skipped.
 
-``mtl-train-report DIR...`` rebuilds the table, ``comparison.csv`` and ``comparison.md`` from any run or sweep
-directories, including partly failed sweeps; the sweep callback (:mod:`mtl_train.hydra_callbacks`) calls the same
+``mtl-train-report DIR...`` rebuilds the table, ``comparison.csv``, ``comparison.md`` and the comparison plots
+(:mod:`mtl_train.report_plots`) from any run or sweep directories, including partly failed sweeps; the sweep callback (:mod:`mtl_train.hydra_callbacks`) calls the same
 code at the end of a sweep.
 """
 
@@ -52,7 +52,8 @@ def find_runs(dirs: Sequence[Path]) -> tuple[list[Run], list[Path]]:
     """Every finished run under ``dirs`` and the job directories that have no ``summary.json`` (failed/unfinished)."""
     runs, unfinished = [], []
     for root in dirs:
-        for config in sorted(Path(root).rglob(".hydra/config.yaml")):
+        configs = Path(root).rglob(".hydra/config.yaml")
+        for config in sorted(configs, key=lambda p: [int(part) if part.isdigit() else part for part in p.parts]):
             run_dir = config.parent.parent
             summary_file = run_dir / "summary.json"
             if not summary_file.is_file():
@@ -126,11 +127,19 @@ def report(dirs: Sequence[Path], out_dir: Path, console: Console | None = None) 
     columns, rows = comparison_rows(runs)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = write_comparison(columns, rows, out_dir)
+    pngs = plot_comparison(runs, out_dir)
     console.print(comparison_table(columns, rows, f"{len(runs)} runs, test metrics (mean ± std over seeds)"))
     for run_dir in unfinished:
         console.print(f"skipped (no summary.json: failed or unfinished): {run_dir}", highlight=False)
-    console.print(f"wrote {csv_path} and {md_path}", highlight=False)
+    console.print(f"wrote {csv_path}, {md_path} and {len(pngs)} plots (PNG + CSV)", highlight=False)
     return rows
+
+
+def plot_comparison(runs: Sequence[Run], out_dir: Path) -> list[Path]:
+    """The comparison plots (imported here so that reading tables does not need matplotlib's start-up)."""
+    from mtl_train.report_plots import plot_comparison as plot
+
+    return plot(runs, out_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -80,3 +80,16 @@ def test_report_rebuilds_a_partly_failed_sweep(tmp_path: Path) -> None:
 def test_report_rejects_a_missing_directory(tmp_path: Path) -> None:
     result = subprocess.run([str(BIN / "mtl-train-report"), str(tmp_path / "nope")], capture_output=True, text=True)
     assert result.returncode == 1 and "not a directory" in result.stderr
+
+
+def test_sweep_writes_comparison_plots_with_their_data(sweep: Path) -> None:
+    for stem in ("weights_comparison", "losses_comparison", "metric_curves", "tradeoff"):
+        assert (sweep / f"{stem}.png").stat().st_size > 0
+    with open(sweep / "weights_comparison.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    # one panel per configuration (its first seed): 2 configs x 3 steps x 2 tasks
+    assert len(rows) == 12 and {r["config"] for r in rows} == {"weighting=ew", "weighting=uw"}
+    assert {float(r["task_weight"]) for r in rows if r["config"] == "weighting=ew"} == {1.0}
+    with open(sweep / "tradeoff.csv", newline="") as file:
+        points = list(csv.DictReader(file))
+    assert len(points) == 4 and sorted(p["seed"] for p in points) == ["0", "0", "1", "1"]
