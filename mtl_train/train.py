@@ -69,7 +69,7 @@ def train(cfg: DictConfig) -> dict:
     optimizer = build_optimizer(cfg, [{"params": list(model.parameters())}, *weighting.optimizer_groups()])
     scheduler = instantiate(cfg.scheduler.build, "scheduler.build")(optimizer)
 
-    writer = RunWriter(output_dir, task_names)
+    writer = RunWriter(output_dir, task_names, tensorboard=cfg.trainer.tensorboard)
     trainer = Trainer(
         model, tasks, weighting, schedule, optimizer, scheduler, cfg.scheduler.interval, data, device, amp_dtype,
         settings, writer, config, cfg.seed,

@@ -93,3 +93,12 @@ def test_sweep_writes_comparison_plots_with_their_data(sweep: Path) -> None:
     with open(sweep / "tradeoff.csv", newline="") as file:
         points = list(csv.DictReader(file))
     assert len(points) == 4 and sorted(p["seed"] for p in points) == ["0", "0", "1", "1"]
+
+
+def test_joblib_launcher_sweep_is_summarised(tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    result = mtl_train("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "debug=smoke", "dataset.num_val=16",
+                       "weighting=ew,uw", f"hydra.sweep.dir={tmp_path}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert len((tmp_path / "summary.jsonl").read_text().splitlines()) == 2
+    assert "| weighting=uw | 1 |" in (tmp_path / "comparison.md").read_text()

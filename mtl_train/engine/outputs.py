@@ -3,7 +3,8 @@
 - ``losses.csv`` / ``weights.csv``: one row per training step, columns ``step`` + one per task;
 - ``metrics.jsonl``: one JSON object per evaluation (step, epoch, split, per-task metrics);
 - ``summary.json`` (final and best metrics, config digest, wall time, device), written atomically;
-- ``checkpoints/last.pt``, written atomically (see :mod:`mtl_train.utils.io`).
+- ``checkpoints/last.pt``, written atomically (see :mod:`mtl_train.utils.io`);
+- optionally ``tensorboard/`` event files with the same numbers (:mod:`mtl_train.engine.tensorboard`).
 
 CSV and JSONL files are append-only and flushed on every write, so an interrupted run keeps every row
 written before the interruption.
@@ -19,13 +20,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mtl_train.engine.tensorboard import TensorBoardLogger
 from mtl_train.utils.io import save_torch, write_json
 
 
 class RunWriter:
     """Appends per-step and per-evaluation records to the run's files."""
 
-    def __init__(self, output_dir: Path, task_names: list[str]) -> None:
+    def __init__(self, output_dir: Path, task_names: list[str], tensorboard: bool = False) -> None:
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.task_names = task_names
@@ -39,6 +41,7 @@ class RunWriter:
             self._csv_files[name] = file
             self._csv_writers[name] = writer
         self._metrics_file = open(self.output_dir / "metrics.jsonl", "w")
+        self._tensorboard = TensorBoardLogger(self.output_dir / "tensorboard", task_names) if tensorboard else None
 
     def log_steps(self, steps: list[int], losses: Tensor, weights: Tensor) -> None:
         """Append rows for ``steps``; ``losses``/``weights`` are ``(len(steps), k)`` CPU tensors."""
@@ -46,11 +49,15 @@ class RunWriter:
             rows = values.tolist()
             self._csv_writers[name].writerows([[step, *(f"{v:.6g}" for v in row)] for step, row in zip(steps, rows)])
             self._csv_files[name].flush()
+        if self._tensorboard is not None:
+            self._tensorboard.log_steps(steps, losses, weights)
 
     def log_eval(self, step: int, epoch: int, split: str, metrics: dict[str, dict[str, float]]) -> None:
         record = {"step": step, "epoch": epoch, "split": split, "metrics": metrics}
         self._metrics_file.write(json.dumps(record) + "\n")
         self._metrics_file.flush()
+        if self._tensorboard is not None:
+            self._tensorboard.log_eval(step, split, metrics)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json(self.output_dir / "summary.json", summary)
@@ -63,6 +70,8 @@ class RunWriter:
     def close(self) -> None:
         for file in (*self._csv_files.values(), self._metrics_file):
             file.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
 
 
 def read_step_csv(path: Path) -> tuple[list[str], torch.Tensor, torch.Tensor]:
