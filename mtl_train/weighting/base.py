@@ -36,6 +36,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 
 from mtl_train.model import MultiTaskModel
@@ -60,6 +61,16 @@ class StepContext:
     outputs: dict[str, Tensor] = field(default_factory=dict)
     class_logits: dict[str, bool] = field(default_factory=dict)
     recompute_losses: Callable[[], Tensor] | None = None
+
+
+def normalise_over_active(scores: Tensor, active: Tensor) -> Tensor:
+    """Rescale non-negative ``scores`` to sum to the number of ``active`` tasks (0 everywhere if they sum to 0).
+
+    Tasks switched off by the training schedule (loss exactly 0) carry score 0 and are not counted, so the active
+    tasks' weights sum to their count, as EW's do.
+    """
+    total = scores.sum()
+    return torch.where(total > 0, active.sum() * scores / torch.where(total > 0, total, 1.0), 0.0)
 
 
 class Weighting(nn.Module, ABC):

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from mtl_train.errors import ConfigError
-from mtl_train.weighting.base import StepContext, Weighting
+from mtl_train.weighting.base import StepContext, Weighting, normalise_over_active
 
 
 def loss_ratio_weights(losses: Tensor, initial_losses: Tensor, alpha: float, eps: float = 1e-8) -> Tensor:
@@ -41,8 +41,7 @@ def loss_ratio_weights(losses: Tensor, initial_losses: Tensor, alpha: float, eps
     active = losses != 0
     initial = initial_losses.to(losses).clamp_min(eps)
     scores = torch.where(active, (losses.clamp_min(0) / initial).pow(alpha) / initial, 0.0)
-    total = scores.sum()
-    return torch.where(total > 0, active.sum() * scores / torch.where(total > 0, total, 1.0), 0.0)
+    return normalise_over_active(scores, active)
 
 
 class LossRatioWeighting(Weighting):
