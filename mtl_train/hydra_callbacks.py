@@ -32,8 +32,13 @@ class SweepSummary(Callback):
         summary_file = output_dir / "summary.json"
         if job_return.status == JobStatus.COMPLETED and summary_file.is_file():
             record["summary"] = json.loads(summary_file.read_text())
+        elif job_return.status == JobStatus.FAILED:
+            try:
+                job_return.return_value  # re-raises the job's exception
+            except Exception as error:  # noqa: BLE001  (any job error is recorded, not handled)
+                record["error"] = repr(error)
         else:
-            record["error"] = repr(job_return._return_value) if job_return.status == JobStatus.FAILED else None
+            record["error"] = None
         with open(Path(config.hydra.sweep.dir) / "summary.jsonl", "a") as file:
             file.write(json.dumps(record) + "\n")
 

@@ -23,6 +23,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from mtl_train.report_plots import plot_comparison
+
 
 @dataclass
 class Run:
@@ -133,13 +135,6 @@ def report(dirs: Sequence[Path], out_dir: Path, console: Console | None = None) 
         console.print(f"skipped (no summary.json: failed or unfinished): {run_dir}", highlight=False)
     console.print(f"wrote {csv_path}, {md_path} and {len(pngs)} plots (PNG + CSV)", highlight=False)
     return rows
-
-
-def plot_comparison(runs: Sequence[Run], out_dir: Path) -> list[Path]:
-    """The comparison plots (imported here so that reading tables does not need matplotlib's start-up)."""
-    from mtl_train.report_plots import plot_comparison as plot
-
-    return plot(runs, out_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

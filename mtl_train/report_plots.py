@@ -13,6 +13,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -20,7 +21,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
 
 from mtl_train.engine.outputs import read_step_csv  # noqa: E402
-from mtl_train.report import Run  # noqa: E402
+
+if TYPE_CHECKING:  # report.py imports this module to draw its plots
+    from mtl_train.report import Run
 
 
 def first_seed_per_config(runs: Sequence[Run]) -> dict[str, Run]:
