@@ -57,7 +57,8 @@ def train(cfg: DictConfig) -> dict:
     data = instantiate(cfg.dataset, "dataset").build()
     tasks = build_tasks(cfg.task, data.target_names)
     task_names = [task.name for task in tasks]
-    backbone = instantiate(cfg.backbone, "backbone", task_names=task_names, in_channels=data.in_channels)
+    backbone = instantiate(cfg.backbone, "backbone", task_names=task_names, in_channels=data.in_channels,
+                           input_size=data.spatial_size)
     heads = {
         name: instantiate(cfg.task[name].head, f"task.{name}.head",
                           in_channels=backbone.out_channels, spatial_dims=backbone.spatial_dims)
@@ -69,7 +70,8 @@ def train(cfg: DictConfig) -> dict:
     optimizer = build_optimizer(cfg, [{"params": list(model.parameters())}, *weighting.optimizer_groups()])
     scheduler = instantiate(cfg.scheduler.build, "scheduler.build")(optimizer)
 
-    writer = RunWriter(output_dir, task_names, tensorboard=cfg.trainer.tensorboard)
+    penalty_names = [backbone.penalty_name] if backbone.penalty_name else []
+    writer = RunWriter(output_dir, task_names, penalty_names, tensorboard=cfg.trainer.tensorboard)
     trainer = Trainer(
         model, tasks, weighting, schedule, optimizer, scheduler, cfg.scheduler.interval, data, device, amp_dtype,
         settings, writer, config, cfg.seed,

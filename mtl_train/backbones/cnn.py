@@ -32,6 +32,7 @@ def conv_block(in_channels: int, out_channels: int, kernel_size: int, stride: in
 def hard_cnn(
     task_names: Sequence[str],
     in_channels: int,
+    input_size: Sequence[int],
     spatial_dims: int,
     channels: Sequence[int] = (16, 32, 64),
     kernel_size: int = 3,
@@ -40,12 +41,14 @@ def hard_cnn(
 ) -> HardSharedBackbone:
     """A CNN with ``len(channels)`` blocks, the first ``split_depth`` shared (all of them when None).
 
-    ``first_stride`` > 1 downsamples long signals early (e.g. 2 for 2,500-sample ECG segments).
+    ``first_stride`` > 1 downsamples long signals early (e.g. 2 for 2,500-sample ECG segments). ``input_size`` (the
+    data's spatial size) is checked against the trunk's total downsampling.
     """
     if spatial_dims not in _CONV:
         raise ConfigError(f"backbone.spatial_dims must be 1 (signals) or 2 (images), got {spatial_dims}")
     if len(channels) == 0:
         raise ConfigError("backbone.channels must list at least one block width")
+    check_downsampling(input_size, first_stride * 2 ** len(channels), "backbone.channels (one pooling block each)")
     widths = [in_channels, *channels]
     blocks = [
         conv_block(widths[i], widths[i + 1], kernel_size, first_stride if i == 0 else 1, spatial_dims)
@@ -58,3 +61,12 @@ def hard_cnn(
         out_channels=channels[-1],
         spatial_dims=spatial_dims,
     )
+
+
+def check_downsampling(input_size: Sequence[int], factor: int, key: str) -> None:
+    """Raise :class:`ConfigError` when downsampling ``input_size`` by ``factor`` would leave nothing."""
+    if min(input_size) < factor:
+        raise ConfigError(
+            f"{key} downsamples by {factor}x, more than the input's size {tuple(input_size)} allows; "
+            "use fewer blocks or a larger input"
+        )

@@ -12,10 +12,11 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from mtl_train.backbones.base import Backbone, last_weighted_layer
 from mtl_train.errors import ConfigError
 
 
-class HardSharedBackbone(nn.Module):
+class HardSharedBackbone(Backbone):
     """Blocks ``[0, split_depth)`` shared by all tasks, blocks ``[split_depth, depth)`` copied per task."""
 
     def __init__(
@@ -45,12 +46,16 @@ class HardSharedBackbone(nn.Module):
         """The shared representation z."""
         return self.shared(x)
 
-    def branch(self, task: str, z: Tensor) -> Tensor:
+    def branch(self, task: str, z: Tensor, x: Tensor) -> Tensor:
         """Task-specific features of ``task`` computed from z."""
         return self.branches[task](z)
 
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return list(self.shared.parameters())
+
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        return list(self.branches[task].parameters())
+
     def last_shared_layer(self) -> nn.Module:
-        """The last convolution or linear layer of the shared trunk (GradNorm's W): the last module whose
-        ``weight`` is a matrix or kernel (normalisation layers' affine vectors are not a layer's weights)."""
-        layers = [m for m in self.shared.modules() if isinstance(getattr(m, "weight", None), nn.Parameter) and m.weight.dim() >= 2]
-        return layers[-1]
+        """The last convolution or linear layer of the shared trunk."""
+        return last_weighted_layer(self.shared)

@@ -1,6 +1,7 @@
 """The files every run writes into its output directory.
 
-- ``losses.csv`` / ``weights.csv``: one row per training step, columns ``step`` + one per task;
+- ``losses.csv`` / ``weights.csv``: one row per training step, columns ``step`` + one per task (``losses.csv`` also
+  has a column for the backbone's penalty, e.g. soft sharing's ``soft_l2``, when there is one);
 - ``metrics.jsonl``: one JSON object per evaluation (step, epoch, split, per-task metrics);
 - ``summary.json`` (final and best metrics, config digest, wall time, device), written atomically;
 - ``checkpoints/last.pt``, written atomically (see :mod:`mtl_train.utils.io`);
@@ -27,24 +28,28 @@ from mtl_train.utils.io import save_torch, write_json
 class RunWriter:
     """Appends per-step and per-evaluation records to the run's files."""
 
-    def __init__(self, output_dir: Path, task_names: list[str], tensorboard: bool = False) -> None:
+    def __init__(
+        self, output_dir: Path, task_names: list[str], penalty_names: list[str] = (), tensorboard: bool = False
+    ) -> None:
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.task_names = task_names
+        self.loss_names = loss_names = [*task_names, *penalty_names]
         self._csv_files = {}
         self._csv_writers = {}
-        for name in ("losses", "weights"):
+        for name, columns in (("losses", loss_names), ("weights", task_names)):
             file = open(self.output_dir / f"{name}.csv", "w", newline="")
             writer = csv.writer(file)
-            writer.writerow(["step", *task_names])
+            writer.writerow(["step", *columns])
             file.flush()
             self._csv_files[name] = file
             self._csv_writers[name] = writer
         self._metrics_file = open(self.output_dir / "metrics.jsonl", "w")
-        self._tensorboard = TensorBoardLogger(self.output_dir / "tensorboard", task_names) if tensorboard else None
+        self._tensorboard = TensorBoardLogger(self.output_dir / "tensorboard", loss_names, task_names) if tensorboard else None
 
     def log_steps(self, steps: list[int], losses: Tensor, weights: Tensor) -> None:
-        """Append rows for ``steps``; ``losses``/``weights`` are ``(len(steps), k)`` CPU tensors."""
+        """Append rows for ``steps``; ``losses``/``weights`` are CPU tensors with one row per step and one column per
+        loss (tasks, then penalties) / task."""
         for name, values in (("losses", losses), ("weights", weights)):
             rows = values.tolist()
             self._csv_writers[name].writerows([[step, *(f"{v:.6g}" for v in row)] for step, row in zip(steps, rows)])

@@ -16,7 +16,7 @@ from mtl_train.errors import ConfigError
 class TensorBoardLogger:
     """Mirrors :class:`~mtl_train.engine.outputs.RunWriter`'s records into TensorBoard event files."""
 
-    def __init__(self, log_dir: Path, task_names: list[str]) -> None:
+    def __init__(self, log_dir: Path, loss_names: list[str], task_names: list[str]) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
@@ -25,12 +25,14 @@ class TensorBoardLogger:
                 "(or set trainer.tensorboard=false)"
             ) from None
         self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.loss_names = loss_names
         self.task_names = task_names
 
     def log_steps(self, steps: list[int], losses: Tensor, weights: Tensor) -> None:
         for row, step in enumerate(steps):
+            for column, name in enumerate(self.loss_names):
+                self.writer.add_scalar(f"loss/{name}", losses[row, column].item(), step)
             for column, task in enumerate(self.task_names):
-                self.writer.add_scalar(f"loss/{task}", losses[row, column].item(), step)
                 self.writer.add_scalar(f"weight/{task}", weights[row, column].item(), step)
 
     def log_eval(self, step: int, split: str, metrics: dict[str, dict[str, float]]) -> None:

@@ -139,11 +139,12 @@ class Trainer:
         return recompute
 
     def train_step(self, inputs: Tensor, targets: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """One optimisation step; returns the detached ``(k,)`` losses and effective weights."""
+        """One optimisation step; returns the detached losses (the ``k`` task losses, then the backbone's penalty if it
+        has one) and the ``(k,)`` effective weights."""
         self.model.train()
         with self._autocast():
             z = self.model.encode(inputs)
-            outputs = self.model.decode(z, inputs.shape[2:])
+            outputs = self.model.decode(z, inputs)
         losses = self.task_losses(outputs, targets)
         factors = self.schedule.factors(self.step, self.step / self.steps_per_epoch).to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
@@ -153,12 +154,17 @@ class Trainer:
             scale=self.scaler.scale,
             loss_scale=self.scaler.get_scale() if self.scaler.is_enabled() else 1.0,
             epoch=self.epoch,
+            inputs=inputs,
             shared_representation=z,
             outputs=outputs,
             class_logits={task.name: task.metric.class_logits for task in self.tasks},
             recompute_losses=self._recompute_losses(inputs, targets, factors),
         )
         weights = self.weighting.backward(losses * factors, ctx) * factors
+        penalty = self.model.penalty()
+        if penalty is not None:
+            self.scaler.scale(penalty).backward()
+            losses = torch.cat([losses, penalty.detach().float().reshape(1)])
         if self.scaler.is_enabled():
             self.scaler.unscale_(self.optimizer)
         if self.settings.grad_clip is not None:
@@ -208,11 +214,11 @@ class Trainer:
         if len(bad):
             row, column = bad[0].tolist()
             raise NonFiniteLossError(
-                f"the loss of task {self.task_names[column]!r} became {losses[row, column].item()} at step {steps[row]}; "
+                f"the loss {self.writer.loss_names[column]!r} became {losses[row, column].item()} at step {steps[row]}; "
                 "try a lower optimizer.lr, trainer.grad_clip=1.0, or trainer.amp=none. "
                 f"Rows up to this step are in {self.writer.output_dir}"
             )
-        progress.update(steps[-1], losses[-1].tolist(), weights[-1].tolist())
+        progress.update(steps[-1], losses[-1, :len(self.tasks)].tolist(), weights[-1].tolist())
 
     def _evaluate_and_log(self, progress: TrainingProgress, checkpoint: bool = True) -> Metrics:
         metrics = self.evaluate("val")
@@ -254,7 +260,7 @@ class Trainer:
                 for inputs, targets in self._train_batches():
                     losses, weights = self.train_step(inputs, targets)
                     self.step += 1
-                    epoch_loss_sum += losses
+                    epoch_loss_sum += losses[:len(self.tasks)]
                     epoch_steps += 1
                     pending.append((self.step, losses, weights))
                     if len(pending) >= self.settings.log_every:

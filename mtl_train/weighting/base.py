@@ -3,7 +3,7 @@
 A weighting method turns the per-task losses of one training step into gradients on the model. The trainer,
 for every step and whatever the method:
 
-1. computes the shared representation ``z = model.encode(x)``, the outputs ``model.decode(z)`` and ``losses``,
+1. computes the shared representation ``z = model.encode(x)``, the outputs ``model.decode(z, x)`` and ``losses``,
    a tensor of shape ``(k,)`` in the order of ``weighting.task_names`` (multiplied by the training schedule's
    per-task factors, see :mod:`mtl_train.schedules`);
 2. zeroes the gradients and calls ``weights = weighting.backward(losses, ctx)``: the method must leave
@@ -46,7 +46,7 @@ from mtl_train.model import MultiTaskModel
 class StepContext:
     """What a weighting method may use during one training step.
 
-    ``shared_representation`` is z (the trunk's output, still in the graph); ``outputs`` are the task outputs
+    ``inputs`` is the batch x; ``shared_representation`` is z (the trunk's output, still in the graph); ``outputs`` are the task outputs
     (in the graph); ``class_logits[task]`` says whether a task's output holds class logits along dim 1;
     ``recompute_losses()`` evaluates the task losses again on the same batch with the current parameters,
     without gradients (for methods that compare losses before and after the update, e.g. FAMO).
@@ -57,6 +57,7 @@ class StepContext:
     scale: Callable[[Tensor], Tensor]
     loss_scale: float = 1.0
     epoch: int = 0
+    inputs: Tensor | None = None
     shared_representation: Tensor | None = None
     outputs: dict[str, Tensor] = field(default_factory=dict)
     class_logits: dict[str, bool] = field(default_factory=dict)

@@ -60,7 +60,14 @@ class GradientWeighting(Weighting):
 
     def shared_tensors(self, ctx: StepContext) -> list[Tensor]:
         """What G is taken with respect to: ``[z]`` (``rep``) or the shared parameters (``params``)."""
-        return [ctx.shared_representation] if self.mode == "rep" else ctx.model.shared_parameters()
+        if self.mode == "params":
+            return ctx.model.shared_parameters()
+        if not ctx.model.backbone.shares_representation:
+            raise ConfigError(
+                f"weighting.mode=rep needs a representation every task reads, and backbone "
+                f"{type(ctx.model.backbone).__name__} keeps one per task; set weighting.mode=params"
+            )
+        return [ctx.shared_representation]
 
     def backward(self, losses: Tensor, ctx: StepContext) -> Tensor:
         shared = self.shared_tensors(ctx)

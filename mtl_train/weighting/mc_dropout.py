@@ -46,14 +46,6 @@ from mtl_train.errors import ConfigError
 from mtl_train.weighting.base import StepContext, Weighting
 
 
-def decode_input_size(outputs: dict[str, Tensor], z: Tensor) -> tuple[int, ...]:
-    """The input's spatial size as seen by the dense outputs ``(B, C, *spatial)``; z's when there are none."""
-    sizes = [tuple(o.shape[2:]) for o in outputs.values() if o.ndim >= 3]
-    if not sizes:
-        return tuple(z.shape[2:])
-    return max(sizes, key=lambda size: (torch.Size(size).numel(), size))
-
-
 class MCDropoutWeighting(Weighting):
     """w_i proportional to the MC-dropout predictive variance of task i, normalised to sum to 1."""
 
@@ -74,10 +66,11 @@ class MCDropoutWeighting(Weighting):
 
     def _check_context(self, ctx: StepContext) -> None:
         missing = [t for t in self.task_names if t not in ctx.outputs or t not in ctx.class_logits]
-        if ctx.shared_representation is None or missing:
+        absent = [name for name in ("inputs", "shared_representation") if getattr(ctx, name) is None]
+        if absent or missing:
             raise RuntimeError(
-                "weighting=mc_dropout needs StepContext.shared_representation, outputs and class_logits; the trainer "
-                f"did not provide {'shared_representation' if ctx.shared_representation is None else missing}"
+                "weighting=mc_dropout needs StepContext.inputs, shared_representation, outputs and class_logits; the "
+                f"trainer did not provide {absent or missing}"
             )
 
     @torch.no_grad()
@@ -86,7 +79,6 @@ class MCDropoutWeighting(Weighting):
         self._check_context(ctx)
         model = ctx.model
         z = ctx.shared_representation.detach()
-        input_size = decode_input_size(ctx.outputs, z)
         autocast = (torch.autocast(z.device.type, dtype=z.dtype) if z.dtype in (torch.float16, torch.bfloat16)
                     else nullcontext())
         # The passes run on copies of the buffers: in train mode BatchNorm updates its running statistics in
@@ -100,7 +92,7 @@ class MCDropoutWeighting(Weighting):
         try:
             for n in range(1, self.num_samples + 1):
                 with autocast:
-                    outputs = model.decode(F.dropout(z, self.dropout, training=True), input_size)
+                    outputs = model.decode(F.dropout(z, self.dropout, training=True), ctx.inputs)
                 for task in self.task_names:
                     u = outputs[task].float()
                     if ctx.class_logits[task]:

@@ -13,7 +13,7 @@ from mtl_train.model import MultiTaskModel
 
 
 def model_with_split(split_depth: int) -> MultiTaskModel:
-    backbone = hard_cnn(["a", "b"], in_channels=1, spatial_dims=2, channels=(4, 8, 8), split_depth=split_depth)
+    backbone = hard_cnn(["a", "b"], in_channels=1, input_size=(28, 28), spatial_dims=2, channels=(4, 8, 8), split_depth=split_depth)
     heads = {"a": ClassificationHead(8, 2, num_classes=3), "b": DenseHead(8, 2, num_outputs=2, upsample_stages=3)}
     return MultiTaskModel(backbone, heads)
 
@@ -43,7 +43,7 @@ def test_outputs_per_task_and_shared_representation() -> None:
     assert z.shape == (5, 8, 7, 7)  # two shared blocks pool 28 -> 14 -> 7
     outputs = model(x)
     assert outputs["a"].shape == (5, 3) and outputs["b"].shape == (5, 2, 28, 28)
-    assert torch.allclose(outputs["a"], model.decode(z, x.shape[2:])["a"])
+    assert torch.allclose(outputs["a"], model.decode(z, x)["a"])
 
 
 def test_task_branches_start_equal_but_are_separate_copies() -> None:
@@ -56,3 +56,9 @@ def test_task_branches_start_equal_but_are_separate_copies() -> None:
 def test_split_depth_out_of_range_is_a_config_error(split_depth: int) -> None:
     with pytest.raises(ConfigError, match="backbone.split_depth"):
         model_with_split(split_depth)
+
+
+def test_more_pooling_than_the_input_allows_is_a_config_error() -> None:
+    """Three pooling blocks halve 4 samples to nothing: 4 < 2**3."""
+    with pytest.raises(ConfigError, match=r"backbone.channels .* downsamples by 8x"):
+        hard_cnn(["a"], in_channels=1, input_size=(4,), spatial_dims=1, channels=(2, 2, 2))

@@ -284,7 +284,7 @@ def test_imtl_g_singular_system_is_ridged() -> None:
 
 def tiny_model() -> MultiTaskModel:
     torch.manual_seed(0)
-    backbone = hard_cnn(T2, in_channels=1, spatial_dims=1, channels=(4, 4), kernel_size=3)
+    backbone = hard_cnn(T2, in_channels=1, input_size=(16,), spatial_dims=1, channels=(4, 4), kernel_size=3)
     heads = {t: ClassificationHead(4, 1, num_classes=3, hidden=8) for t in T2}
     return MultiTaskModel(backbone, heads)
 
@@ -294,7 +294,7 @@ def model_losses(model: MultiTaskModel) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(1)
     x, y = torch.randn(8, 1, 16, generator=generator), torch.randint(0, 3, (8,), generator=generator)
     z = model.encode(x)
-    outputs = model.decode(z, x.shape[2:])
+    outputs = model.decode(z, x)
     return torch.stack([torch.nn.functional.cross_entropy(outputs[t], y) for t in T2]), z
 
 

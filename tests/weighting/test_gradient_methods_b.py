@@ -331,7 +331,7 @@ def test_state_dict_round_trip(name: str) -> None:
 
 def tiny_model() -> MultiTaskModel:
     torch.manual_seed(0)
-    backbone = hard_cnn(TASKS2, in_channels=1, spatial_dims=1, channels=(4, 4), kernel_size=3)
+    backbone = hard_cnn(TASKS2, in_channels=1, input_size=(16,), spatial_dims=1, channels=(4, 4), kernel_size=3)
     heads = {t: ClassificationHead(4, 1, num_classes=3, hidden=8) for t in TASKS2}
     return MultiTaskModel(backbone, heads)
 

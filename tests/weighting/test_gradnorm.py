@@ -41,7 +41,7 @@ def test_gradnorm_loss_is_invariant_to_how_rows_are_flattened() -> None:
 
 def tiny_model() -> MultiTaskModel:
     torch.manual_seed(0)
-    backbone = hard_cnn(["a", "b"], in_channels=1, spatial_dims=1, channels=(4, 4), kernel_size=3)
+    backbone = hard_cnn(["a", "b"], in_channels=1, input_size=(16,), spatial_dims=1, channels=(4, 4), kernel_size=3)
     heads = {t: ClassificationHead(4, 1, num_classes=3, hidden=8) for t in ("a", "b")}
     return MultiTaskModel(backbone, heads)
 

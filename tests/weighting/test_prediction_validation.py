@@ -16,7 +16,7 @@ from mtl_train.heads.regression import RegressionHead
 from mtl_train.model import MultiTaskModel
 from mtl_train.weighting.base import StepContext
 from mtl_train.weighting.max_entropy import MaxEntropyWeighting, mean_entropy
-from mtl_train.weighting.mc_dropout import MCDropoutWeighting, decode_input_size
+from mtl_train.weighting.mc_dropout import MCDropoutWeighting
 from mtl_train.weighting.performance import PerformanceWeighting
 
 
@@ -91,7 +91,7 @@ def value_model(amplification: float = 10.0) -> MultiTaskModel:
     """Two scalar-regression tasks with identical task blocks (one shared block, one per task, with BatchNorm)
     and identical heads, except that b's output is scaled by ``amplification``: Var_b = amplification^2 Var_a."""
     torch.manual_seed(0)
-    backbone = hard_cnn(["a", "b"], in_channels=1, spatial_dims=1, channels=(4, 4), kernel_size=3, split_depth=1)
+    backbone = hard_cnn(["a", "b"], in_channels=1, input_size=(16,), spatial_dims=1, channels=(4, 4), kernel_size=3, split_depth=1)
     head_a = RegressionHead(4, 1, hidden=8)
     head_b = copy.deepcopy(head_a)
     head_b.scale = amplification
@@ -100,9 +100,9 @@ def value_model(amplification: float = 10.0) -> MultiTaskModel:
 
 def model_context(model: MultiTaskModel, x: torch.Tensor, class_logits: dict[str, bool]) -> tuple[StepContext, torch.Tensor]:
     z = model.encode(x)
-    outputs = model.decode(z, x.shape[2:])
+    outputs = model.decode(z, x)
     losses = torch.stack([outputs[t].float().square().mean() for t in model.task_names])
-    ctx = StepContext(model=model, step=0, scale=lambda loss: loss, shared_representation=z, outputs=outputs,
+    ctx = StepContext(model=model, step=0, scale=lambda loss: loss, inputs=x, shared_representation=z, outputs=outputs,
                       class_logits=class_logits)
     return ctx, losses
 
@@ -141,22 +141,16 @@ def test_mc_dropout_on_class_logits_and_dense_outputs() -> None:
     """Classification + 1-D segmentation: probabilities' variances lie in [0, 1/4]; the dense head is decoded
     at the input's length, read from the dense output."""
     torch.manual_seed(0)
-    backbone = hard_cnn(["cls", "seg"], in_channels=1, spatial_dims=1, channels=(4, 4), kernel_size=3)
+    backbone = hard_cnn(["cls", "seg"], in_channels=1, input_size=(18,), spatial_dims=1, channels=(4, 4), kernel_size=3)
     heads = {"cls": ClassificationHead(4, 1, num_classes=3, hidden=8), "seg": DenseHead(4, 1, num_outputs=5, hidden=8)}
     model = MultiTaskModel(backbone, heads)
     x = torch.randn(4, 1, 18)  # trunk: 18 -> 9 -> 4; head: 4 -> 8 -> 16, resized to the input_size it is given
     ctx, losses = model_context(model, x, {"cls": True, "seg": True})
-    assert decode_input_size(ctx.outputs, ctx.shared_representation) == (18,)
     method = MCDropoutWeighting(["cls", "seg"], num_samples=4, dropout=0.5)
     variances = method.predictive_variances(ctx)
     assert ((variances > 0) & (variances <= 0.25)).all()
     weights = method.backward(losses, ctx)
     assert weights.sum().item() == pytest.approx(1.0) and (weights > 0).all()
-
-
-def test_decode_input_size_without_dense_outputs_uses_z() -> None:
-    assert decode_input_size({"a": torch.zeros(2, 3), "b": torch.zeros(2)}, torch.zeros(2, 4, 7)) == (7,)
-    assert decode_input_size({"a": torch.zeros(2, 3, 5, 5), "b": torch.zeros(2, 1, 28, 28)}, torch.zeros(2, 4, 3, 3)) == (28, 28)
 
 
 @pytest.mark.parametrize(("kwargs", "key"), [({"num_samples": 1}, "num_samples"), ({"dropout": 1.0}, "dropout"),
