@@ -23,6 +23,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from mtl_train.delta_m import delta_m, load_baselines
+from mtl_train.errors import ConfigError
 from mtl_train.report_plots import plot_comparison
 
 
@@ -66,21 +68,29 @@ def find_runs(dirs: Sequence[Path]) -> tuple[list[Run], list[Path]]:
     return runs, unfinished
 
 
-def metric_values(summary: dict, split: str = "test") -> dict[str, float]:
-    """``{"task/metric": value}`` of the final metrics on ``split``, plus the wall time."""
+def metric_values(summary: dict, split: str = "test", baselines: dict | None = None) -> dict[str, float]:
+    """``{"task/metric": value}`` of the final metrics on ``split``, plus the wall time and, on the test split,
+    Δm (in %) against ``baselines`` or else the run's own ``delta_m``."""
     values = {f"{task}/{name}": value for task, metrics in summary["final"][split].items()
               for name, value in metrics.items() if name != "loss"}
     values["wall_time_s"] = summary["wall_time_s"]
+    if split == "test" and not summary.get("stl"):
+        result = delta_m(summary, baselines) if baselines is not None else summary.get("delta_m")
+        if result is not None and result["value"] is not None:
+            values["delta_m_%"] = result["value"]
     return values
 
 
-def comparison_rows(runs: Sequence[Run], split: str = "test") -> tuple[list[str], list[dict]]:
-    """Columns and one row per configuration: ``{"config", "seeds", column: (mean, std)}`` (std 0 for one seed)."""
+def comparison_rows(runs: Sequence[Run], split: str = "test", baselines: dict | None = None) -> tuple[list[str], list[dict]]:
+    """Columns and one row per configuration: ``{"config", "seeds", column: (mean, std)}`` (std 0 for one seed).
+
+    Δm (``delta_m_%``) is the mean over seeds of each run's Δm (against ``baselines`` when given)."""
     by_label: dict[str, list[dict[str, float]]] = {}
     for run in runs:
-        by_label.setdefault(run.label, []).append(metric_values(run.summary, split))
-    columns = sorted({c for values in by_label.values() for v in values for c in v if c != "wall_time_s"})
-    columns.append("wall_time_s")
+        by_label.setdefault(run.label, []).append(metric_values(run.summary, split, baselines))
+    trailing = ["delta_m_%", "wall_time_s"]
+    columns = sorted({c for values in by_label.values() for v in values for c in v if c not in trailing})
+    columns += [c for c in trailing if any(c in v for values in by_label.values() for v in values)]
     rows = []
     for label, values in by_label.items():
         row = {"config": label, "seeds": len(values)}
@@ -122,14 +132,17 @@ def comparison_table(columns: list[str], rows: list[dict], title: str) -> Table:
     return table
 
 
-def report(dirs: Sequence[Path], out_dir: Path, console: Console | None = None) -> list[dict]:
-    """Build, print and write the comparison of every run under ``dirs``; return its rows."""
+def report(dirs: Sequence[Path], out_dir: Path, console: Console | None = None, baselines: Path | None = None) -> list[dict]:
+    """Build, print and write the comparison of every run under ``dirs``; return its rows.
+
+    Δm is computed against ``baselines`` (see :func:`mtl_train.delta_m.load_baselines`) when given, else read from
+    the runs' summaries. Single-task (``stl=true``) runs get a row of their own but no plot lines."""
     console = console or Console()
     runs, unfinished = find_runs(dirs)
-    columns, rows = comparison_rows(runs)
+    columns, rows = comparison_rows(runs, baselines=load_baselines(baselines) if baselines is not None else None)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = write_comparison(columns, rows, out_dir)
-    pngs = plot_comparison(runs, out_dir)
+    pngs = plot_comparison([run for run in runs if not run.summary.get("stl")], out_dir)
     console.print(comparison_table(columns, rows, f"{len(runs)} runs, test metrics (mean ± std over seeds)"))
     for run_dir in unfinished:
         console.print(f"skipped (no summary.json: failed or unfinished): {run_dir}", highlight=False)
@@ -142,8 +155,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="mtl-train-report", description=__doc__.split("\n\n")[0])
     parser.add_argument("dirs", nargs="+", type=Path, help="run or sweep directories")
     parser.add_argument("--out", type=Path, default=None, help="where to write comparison.csv/.md (default: the first DIR)")
+    parser.add_argument("--baselines", type=Path, default=None,
+                        help="a baselines.json or a directory of them (from `mtl-train stl=true`): adds a Δm column")
     args = parser.parse_args(argv)
     missing = [d for d in args.dirs if not d.is_dir()]
     if missing:
         parser.exit(1, f"error: not a directory: {', '.join(map(str, missing))}\n")
-    report(args.dirs, args.out or args.dirs[0])
+    try:
+        report(args.dirs, args.out or args.dirs[0], baselines=args.baselines)
+    except ConfigError as error:
+        parser.exit(1, f"error: {error}\n")

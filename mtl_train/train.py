@@ -8,17 +8,21 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mtl_train.engine.device import resolve_amp, resolve_device
 from mtl_train.engine.outputs import RunWriter
 from mtl_train.engine.trainer import Trainer, TrainerSettings
+from mtl_train.delta_m import delta_m, load_baselines, require_tasks, write_baselines
 from mtl_train.errors import ConfigError
 from mtl_train.model import MultiTaskModel
 from mtl_train.plots import plot_run
+from mtl_train.schedules.joint import JointSchedule
 from mtl_train.tasks import build_tasks
 from mtl_train.utils.instantiate import instantiate
+from mtl_train.utils.io import write_json
 from mtl_train.utils.seed import seed_everything
+from mtl_train.weighting.ew import EqualWeighting
 
 
 def resolved_config(cfg: DictConfig) -> dict:
@@ -45,8 +49,15 @@ def trainer_settings(cfg: DictConfig) -> TrainerSettings:
 
 
 def train(cfg: DictConfig) -> dict:
-    """Train the model ``cfg`` describes; write every output into ``cfg.output_dir``; return the summary."""
+    """Train what ``cfg`` describes (one multi-task model, or with ``stl=true`` one single-task model per task);
+    write every output into ``cfg.output_dir``; return the summary."""
+    return train_single_task_baselines(cfg) if cfg.stl else train_model(cfg)
+
+
+def train_model(cfg: DictConfig) -> dict:
+    """Train one model on every task of ``cfg.task``; add Δm to the summary when ``cfg.baselines`` is set."""
     start = time.perf_counter()
+    baselines = load_baselines(cfg.baselines) if cfg.baselines is not None else None
     output_dir = Path(cfg.output_dir)
     config = resolved_config(cfg)
     seed_everything(cfg.seed)
@@ -57,6 +68,8 @@ def train(cfg: DictConfig) -> dict:
     data = instantiate(cfg.dataset, "dataset").build()
     tasks = build_tasks(cfg.task, data.target_names)
     task_names = [task.name for task in tasks]
+    if baselines is not None:
+        require_tasks(baselines, task_names)
     backbone = instantiate(cfg.backbone, "backbone", task_names=task_names, in_channels=data.in_channels,
                            input_size=data.spatial_size)
     heads = {
@@ -91,7 +104,52 @@ def train(cfg: DictConfig) -> dict:
         "config_digest": config_digest(config),
         "output_dir": str(output_dir),
     }
+    if baselines is not None:
+        summary["delta_m"] = {**delta_m(summary, baselines), "baselines": baselines["files"]}
     writer.write_summary(summary)
     if cfg.trainer.plots:
         plot_run(output_dir)
+    return summary
+
+
+def single_task_config(cfg: DictConfig, task: str) -> DictConfig:
+    """``cfg`` restricted to ``task``: same data, backbone, optimizer and budget; equal weighting, joint schedule;
+    outputs in ``<output_dir>/stl/<task>``."""
+    single = cfg.copy()
+    with open_dict(single):
+        single.task = {task: cfg.task[task]}
+        single.weighting = {"_target_": f"{EqualWeighting.__module__}.{EqualWeighting.__qualname__}"}
+        single.schedule = {"_target_": f"{JointSchedule.__module__}.{JointSchedule.__qualname__}"}
+        single.stl = False
+        single.baselines = None
+        single.output_dir = str(Path(cfg.output_dir) / "stl" / task)
+    return single
+
+
+def train_single_task_baselines(cfg: DictConfig) -> dict:
+    """``stl=true``: one single-task model per task, each run written to ``<output_dir>/stl/<task>``; the combined
+    summary (every task's metrics, as a multi-task run's) and ``baselines.json`` go to ``<output_dir>``."""
+    start = time.perf_counter()
+    runs = {task: train_model(single_task_config(cfg, task)) for task in cfg.task}
+    first = next(iter(runs.values()))
+    summary = {
+        "tasks": list(runs),
+        "weighting": "single_task",
+        "stl": True,
+        "final": {split: {task: run["final"][split][task] for task, run in runs.items()} for split in ("val", "test")},
+        "best": {task: run["best"][task] for task, run in runs.items()},
+        "higher_is_better": {task: run["higher_is_better"][task] for task, run in runs.items()},
+        "primary_metric": {task: run["primary_metric"][task] for task, run in runs.items()},
+        "steps": first["steps"],
+        "epochs": first["epochs"],
+        "wall_time_s": time.perf_counter() - start,
+        "device": first["device"],
+        "amp": cfg.trainer.amp,
+        "seed": cfg.seed,
+        "config_digest": config_digest(resolved_config(cfg)),
+        "output_dir": cfg.output_dir,
+        "runs": {task: run["output_dir"] for task, run in runs.items()},
+    }
+    write_json(Path(cfg.output_dir) / "summary.json", summary)
+    write_baselines(Path(cfg.output_dir), summary)
     return summary

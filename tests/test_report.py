@@ -102,3 +102,23 @@ def test_joblib_launcher_sweep_is_summarised(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert len((tmp_path / "summary.jsonl").read_text().splitlines()) == 2
     assert "| weighting=uw | 1 |" in (tmp_path / "comparison.md").read_text()
+
+
+def test_report_with_baselines_adds_the_mean_delta_m_of_each_configuration(sweep: Path, tmp_path: Path) -> None:
+    stl = mtl_train("stl=true", "debug=smoke", "dataset.num_val=16", "trainer.max_steps=3", f"hydra.run.dir={tmp_path / 'stl'}",
+                    cwd=tmp_path)
+    assert stl.returncode == 0, stl.stderr
+    base = json.loads((tmp_path / "stl" / "baselines.json").read_text())["tasks"]
+    result = subprocess.run([str(BIN / "mtl-train-report"), str(sweep), str(tmp_path / "stl"), "--out", str(tmp_path),
+                             "--baselines", str(tmp_path / "stl")], capture_output=True, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    with open(tmp_path / "comparison.csv", newline="") as file:
+        rows = {row["config"]: row for row in csv.DictReader(file)}
+    assert rows["stl=true"]["delta_m_%_mean"] == ""  # the baselines row has no Δm of its own
+    for name, summaries in job_summaries(sweep).items():
+        row = rows[f"weighting={'ew' if name == 'EqualWeighting' else 'uw'}"]
+        per_run = [50 * ((s["final"]["test"]["rhythm"]["accuracy"] - base["rhythm"]["accuracy"]) / base["rhythm"]["accuracy"]
+                         + (s["final"]["test"]["denoise"]["psnr"] - base["denoise"]["psnr"]) / base["denoise"]["psnr"])
+                   for s in summaries]
+        assert float(row["delta_m_%_mean"]) == pytest.approx(statistics.fmean(per_run), rel=1e-5)
