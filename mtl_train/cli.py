@@ -29,7 +29,8 @@ def config_dir() -> str:
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def main(cfg: DictConfig) -> None:
-    """Train one configuration; a :class:`UserError` becomes one message on stderr and exit status 1."""
+    """Train one configuration; a :class:`UserError` becomes one message on stderr and its exit status (1, or
+    128 + signal number for an interrupted run)."""
     console = Console()
     try:
         summary = train(cfg)
@@ -37,6 +38,6 @@ def main(cfg: DictConfig) -> None:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise
         Console(stderr=True).print(Text.assemble(("error: ", "bold red"), str(error)), soft_wrap=True)
-        sys.exit(1)
+        sys.exit(error.exit_code)
     console.print(metrics_table(summary))
     console.print(f"outputs: {summary['output_dir']}", highlight=False)

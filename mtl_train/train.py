@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import pickle
 import time
 from pathlib import Path
 
@@ -48,6 +49,41 @@ def trainer_settings(cfg: DictConfig) -> TrainerSettings:
     return TrainerSettings(**{k: v for k, v in cfg.trainer.items() if k in names})
 
 
+def resume_path(resume: bool | str | None, output_dir: Path) -> Path | None:
+    """The checkpoint ``trainer.resume`` names: ``true`` -> this run's ``checkpoints/last.pt``; a run directory ->
+    its ``checkpoints/last.pt``; a file -> itself; ``false``/null -> None (a fresh run)."""
+    if resume is None or resume is False:
+        return None
+    path = output_dir if resume is True else Path(resume)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt"
+    if not path.is_file():
+        raise ConfigError(
+            f"trainer.resume={resume}: no checkpoint at {path}; point hydra.run.dir at the run to continue "
+            "(trainer.resume=true), or give its directory or checkpoint file (trainer.resume=<path>)"
+        )
+    return path
+
+
+def read_checkpoint(path: Path | None, device: torch.device) -> dict | None:
+    """The checkpoint at ``path`` (None when there is none), with the directory of the run that wrote it."""
+    if path is None:
+        return None
+    try:
+        # weights_only=False: the file holds Python/NumPy RNG states; it is a checkpoint this tool wrote.
+        state = torch.load(path, map_location=device, weights_only=False)
+        run_dir = path.parent.parent
+        missing = [name for name in ("losses.csv", "weights.csv", "metrics.jsonl") if not (run_dir / name).is_file()]
+        if missing or not isinstance(state, dict) or "loop" not in state:
+            raise ValueError(f"not a complete mtl-train run: missing {missing or 'the loop state'}")
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
+        raise ConfigError(
+            f"trainer.resume: cannot resume from {path} ({error}); it may be corrupt or from another tool. "
+            "Start afresh with trainer.resume=false, or point trainer.resume at an intact run"
+        ) from None
+    return {**state, "run_dir": run_dir}
+
+
 def train(cfg: DictConfig) -> dict:
     """Train what ``cfg`` describes (one multi-task model, or with ``stl=true`` one single-task model per task);
     write every output into ``cfg.output_dir``; return the summary."""
@@ -83,12 +119,16 @@ def train_model(cfg: DictConfig) -> dict:
     optimizer = build_optimizer(cfg, [{"params": list(model.parameters())}, *weighting.optimizer_groups()])
     scheduler = instantiate(cfg.scheduler.build, "scheduler.build")(optimizer)
 
+    checkpoint = read_checkpoint(resume_path(cfg.trainer.resume, output_dir), device)
     penalty_names = [backbone.penalty_name] if backbone.penalty_name else []
-    writer = RunWriter(output_dir, task_names, penalty_names, tensorboard=cfg.trainer.tensorboard)
+    writer = RunWriter(output_dir, task_names, penalty_names, tensorboard=cfg.trainer.tensorboard,
+                       resume_from=(checkpoint["run_dir"], checkpoint["loop"]["step"]) if checkpoint else None)
     trainer = Trainer(
         model, tasks, weighting, schedule, optimizer, scheduler, cfg.scheduler.interval, data, device, amp_dtype,
         settings, writer, config, cfg.seed,
     )
+    if checkpoint:
+        trainer.load_checkpoint_state(checkpoint)
     try:
         result = trainer.fit()
     finally:

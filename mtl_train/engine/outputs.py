@@ -8,7 +8,8 @@
 - optionally ``tensorboard/`` event files with the same numbers (:mod:`mtl_train.engine.tensorboard`).
 
 CSV and JSONL files are append-only and flushed on every write, so an interrupted run keeps every row
-written before the interruption.
+written before the interruption. A resumed run (``trainer.resume``) starts its files from the rows of the run it
+continues up to the checkpoint's step, so they read as one uninterrupted run.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor
 
 from mtl_train.engine.tensorboard import TensorBoardLogger
+from mtl_train.errors import ConfigError
 from mtl_train.utils.io import save_torch, write_json
 
 
@@ -29,8 +31,14 @@ class RunWriter:
     """Appends per-step and per-evaluation records to the run's files."""
 
     def __init__(
-        self, output_dir: Path, task_names: list[str], penalty_names: list[str] = (), tensorboard: bool = False
+        self,
+        output_dir: Path,
+        task_names: list[str],
+        penalty_names: list[str] = (),
+        tensorboard: bool = False,
+        resume_from: tuple[Path, int] | None = None,
     ) -> None:
+        """``resume_from=(run_dir, step)`` starts every file with that run's records up to ``step`` (inclusive)."""
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.task_names = task_names
@@ -38,13 +46,18 @@ class RunWriter:
         self._csv_files = {}
         self._csv_writers = {}
         for name, columns in (("losses", loss_names), ("weights", task_names)):
+            header = ["step", *columns]
+            kept = kept_csv_rows(resume_from[0] / f"{name}.csv", header, resume_from[1]) if resume_from else []
             file = open(self.output_dir / f"{name}.csv", "w", newline="")
             writer = csv.writer(file)
-            writer.writerow(["step", *columns])
+            writer.writerows([header, *kept])
             file.flush()
             self._csv_files[name] = file
             self._csv_writers[name] = writer
+        kept_records = kept_eval_records(resume_from[0] / "metrics.jsonl", resume_from[1]) if resume_from else []
         self._metrics_file = open(self.output_dir / "metrics.jsonl", "w")
+        self._metrics_file.writelines(kept_records)
+        self._metrics_file.flush()
         self._tensorboard = TensorBoardLogger(self.output_dir / "tensorboard", loss_names, task_names) if tensorboard else None
 
     def log_steps(self, steps: list[int], losses: Tensor, weights: Tensor) -> None:
@@ -77,6 +90,25 @@ class RunWriter:
             file.close()
         if self._tensorboard is not None:
             self._tensorboard.close()
+
+
+def kept_csv_rows(path: Path, header: list[str], step: int) -> list[list[str]]:
+    """The rows of a resumed run's ``losses.csv``/``weights.csv`` up to ``step``; its header must be ``header``."""
+    with open(path, newline="") as file:
+        rows = list(csv.reader(file))
+    if not rows or rows[0] != header:
+        raise ConfigError(
+            f"trainer.resume: {path} has columns {rows[0] if rows else []}, this run writes {header}; resume with the "
+            "task set the run was started with"
+        )
+    return [row for row in rows[1:] if int(row[0]) <= step]
+
+
+def kept_eval_records(path: Path, step: int) -> list[str]:
+    """The lines of a resumed run's ``metrics.jsonl`` up to ``step``, without the final test record."""
+    with open(path) as file:
+        records = [(line, json.loads(line)) for line in file if line.strip()]
+    return [line for line, record in records if record["step"] <= step and record["split"] != "test"]
 
 
 def read_step_csv(path: Path) -> tuple[list[str], torch.Tensor, torch.Tensor]:

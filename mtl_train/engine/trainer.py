@@ -7,6 +7,7 @@ The loop never branches on which weighting method runs: every method goes throug
 from __future__ import annotations
 
 import math
+import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -18,14 +19,19 @@ from torch import Tensor
 from mtl_train.data.base import MultiTaskData, TensorSplit
 from mtl_train.engine.outputs import RunWriter
 from mtl_train.engine.progress import TrainingProgress
-from mtl_train.errors import ConfigError, NonFiniteLossError
+from mtl_train.engine.signals import StopSignals
+from mtl_train.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
 from mtl_train.model import MultiTaskModel
 from mtl_train.schedules.base import TrainingSchedule
 from mtl_train.tasks import Task
-from mtl_train.utils.seed import rng_state
+from mtl_train.utils.seed import restore_rng_state, rng_state
 from mtl_train.weighting.base import StepContext, Weighting
 
 Metrics = dict[str, dict[str, float]]
+NONFINITE_POLICIES = ("abort", "skip")
+# The training loop's position, saved in checkpoints so that a resumed run continues exactly.
+LOOP_STATE = ("step", "epoch", "batch_in_epoch", "epoch_generator_state", "epoch_loss_sum", "epoch_steps",
+              "epoch_times", "skipped_steps", "evaluated_at", "final_val", "best")
 
 
 @dataclass
@@ -41,8 +47,11 @@ class TrainerSettings:
     log_every: int = 10
     progress: str = "auto"
     checkpoint: bool = True
+    nonfinite: str = "abort"
 
     def __post_init__(self) -> None:
+        if self.nonfinite not in NONFINITE_POLICIES:
+            raise ConfigError(f"trainer.nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {self.nonfinite!r}")
         for key in ("batch_size", "eval_batch_size", "max_epochs", "log_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"trainer.{key} must be >= 1, got {getattr(self, key)}")
@@ -94,8 +103,17 @@ class Trainer:
                        (("train", data.train), ("val", data.val), ("test", data.test))}
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
         self.data_generator = torch.Generator().manual_seed(seed)
+        self.epoch_generator_state = self.data_generator.get_state()
         self.step = 0
         self.epoch = 0
+        self.batch_in_epoch = 0
+        self.epoch_loss_sum = torch.zeros(len(tasks), device=device)
+        self.epoch_steps = 0
+        self.epoch_times: list[float] = []
+        self.skipped_steps = 0
+        self.abort_reason: str | None = None
+        self.evaluated_at = -1
+        self.final_val: Metrics = {}
         self.best: dict[str, dict[str, dict[str, float]]] = {}
 
     @staticmethod
@@ -117,9 +135,15 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _train_batches(self) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
+        """The current epoch's remaining batches: a permutation drawn from the data generator at the epoch's start
+        (drawn again from the saved state when a run resumes mid-epoch), from batch ``batch_in_epoch`` on."""
         split = self.splits["train"]
+        if self.batch_in_epoch == 0:
+            self.epoch_generator_state = self.data_generator.get_state()
+        else:
+            self.data_generator.set_state(self.epoch_generator_state)
         order = torch.randperm(len(split), generator=self.data_generator).to(self.device)
-        for start in range(0, len(split), self.settings.batch_size):
+        for start in range(self.batch_in_epoch * self.settings.batch_size, len(split), self.settings.batch_size):
             index = order[start:start + self.settings.batch_size]
             yield split.inputs[index], {name: t[index] for name, t in split.targets.items()}
 
@@ -146,6 +170,10 @@ class Trainer:
             z = self.model.encode(inputs)
             outputs = self.model.decode(z, inputs)
         losses = self.task_losses(outputs, targets)
+        finite = torch.isfinite(losses)
+        if not finite.all():
+            task = self.task_names[int((~finite).nonzero()[0])]
+            return self._non_finite_step(losses, f"the loss of task {task!r}")
         factors = self.schedule.factors(self.step, self.step / self.steps_per_epoch).to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         ctx = StepContext(
@@ -166,7 +194,12 @@ class Trainer:
             self.scaler.scale(penalty).backward()
             losses = torch.cat([losses, penalty.detach().float().reshape(1)])
         if self.scaler.is_enabled():
-            self.scaler.unscale_(self.optimizer)
+            self.scaler.unscale_(self.optimizer)  # GradScaler itself skips fp16 steps whose gradients overflowed
+        else:
+            bad = self._non_finite_gradient()
+            if bad is not None:
+                self.optimizer.zero_grad(set_to_none=True)
+                return self._non_finite_step(losses, f"the gradient of parameter {bad!r}")
         if self.settings.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
         self.scaler.step(self.optimizer)
@@ -175,6 +208,32 @@ class Trainer:
         if self.scheduler_interval == "step":
             self.scheduler.step()
         return losses.detach(), weights.detach()
+
+    def _non_finite_gradient(self) -> str | None:
+        """The name of the first model or weighting parameter whose gradient is not finite (one device sync when
+        all are), or None."""
+        named = [*self.model.named_parameters(), *(("weighting." + n, p) for n, p in self.weighting.named_parameters())]
+        named = [(name, p.grad) for name, p in named if p.grad is not None]
+        if torch.stack([torch.isfinite(grad).all() for _, grad in named]).all():
+            return None
+        return next(name for name, grad in named if not torch.isfinite(grad).all())
+
+    def _non_finite_step(self, losses: Tensor, what: str) -> tuple[Tensor, Tensor]:
+        """A step whose ``what`` (a loss or a gradient) is not finite: the model, optimizer and weighting are left
+        untouched and the row is returned with its non-finite values (weights NaN). ``trainer.nonfinite=skip`` counts
+        the step and goes on; ``abort`` sets :attr:`abort_reason`, which :meth:`fit` raises once the row is written."""
+        if self.settings.nonfinite == "abort":
+            self.abort_reason = (
+                f"{what} is not finite at step {self.step + 1} (trainer.nonfinite=abort); try a lower optimizer.lr, "
+                "trainer.grad_clip=1.0 or trainer.amp=none, or trainer.nonfinite=skip to skip such steps. "
+                f"The rows up to this step and the last checkpoint are in {self.writer.output_dir}"
+            )
+        else:
+            self.skipped_steps += 1
+            if self.scheduler_interval == "step":
+                self.scheduler.step()
+        losses = torch.cat([losses.detach(), losses.new_full((len(self.writer.loss_names) - len(losses),), math.nan)])
+        return losses, torch.full((len(self.tasks),), math.nan, device=self.device)
 
     @torch.no_grad()
     def evaluate(self, split_name: str) -> Metrics:
@@ -204,20 +263,14 @@ class Trainer:
                     self.best[task.name][name] = {"value": value, "step": self.step, "epoch": self.epoch}
 
     def _flush_steps(self, pending: list[tuple[int, Tensor, Tensor]], progress: TrainingProgress) -> None:
-        """Write buffered per-step losses/weights (one device sync) and stop on a non-finite loss."""
+        """Write buffered per-step losses/weights (one device sync)."""
+        if not pending:
+            return
         steps = [s for s, _, _ in pending]
         losses = torch.stack([l for _, l, _ in pending]).cpu()
         weights = torch.stack([w for _, _, w in pending]).float().cpu()
         self.writer.log_steps(steps, losses, weights)
         pending.clear()
-        bad = (~torch.isfinite(losses)).nonzero()
-        if len(bad):
-            row, column = bad[0].tolist()
-            raise NonFiniteLossError(
-                f"the loss {self.writer.loss_names[column]!r} became {losses[row, column].item()} at step {steps[row]}; "
-                "try a lower optimizer.lr, trainer.grad_clip=1.0, or trainer.amp=none. "
-                f"Rows up to this step are in {self.writer.output_dir}"
-            )
         progress.update(steps[-1], losses[-1, :len(self.tasks)].tolist(), weights[-1].tolist())
 
     def _evaluate_and_log(self, progress: TrainingProgress, checkpoint: bool = True) -> Metrics:
@@ -232,7 +285,7 @@ class Trainer:
         return metrics
 
     def checkpoint_state(self) -> dict:
-        """Everything needed to inspect or continue the run."""
+        """Everything needed to inspect the run or continue it exactly (:meth:`load_checkpoint_state`)."""
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -241,57 +294,92 @@ class Trainer:
             "weighting": self.weighting.state_dict(),
             "rng": rng_state(),
             "data_generator": self.data_generator.get_state(),
-            "step": self.step,
-            "epoch": self.epoch,
+            "loop": {name: getattr(self, name) for name in LOOP_STATE},
             "config": self.config,
         }
 
+    def load_checkpoint_state(self, state: dict) -> None:
+        """Continue from :meth:`checkpoint_state`: model, optimizer, scheduler, scaler, weighting, RNGs, data order
+        and the loop's position, so the rest of the run is the uninterrupted run's."""
+        try:
+            self.model.load_state_dict(state["model"])
+            self.weighting.load_state_dict(state["weighting"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise ConfigError(
+                f"trainer.resume: the checkpoint does not fit this run's model/optimizer/weighting ({error}); resume "
+                "with the configuration it was written with (its .hydra/config.yaml), or start afresh with trainer.resume=false"
+            ) from None
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        restore_rng_state(state["rng"])
+        self.data_generator.set_state(state["data_generator"])
+        for name, value in state["loop"].items():
+            setattr(self, name, value.to(self.device) if isinstance(value, Tensor) else value)
+
+    def _stop(self, signum: int, pending: list[tuple[int, Tensor, Tensor]], progress: TrainingProgress) -> None:
+        """Flush, save a checkpoint and raise :class:`TrainingInterrupted` (after SIGINT/SIGTERM)."""
+        self._flush_steps(pending, progress)
+        path = self.writer.save_checkpoint(self.checkpoint_state())
+        raise TrainingInterrupted(
+            f"{signal.Signals(signum).name} received: stopped after step {self.step}, checkpoint saved to {path}; "
+            f"continue with `mtl-train <same overrides> hydra.run.dir={self.writer.output_dir} trainer.resume=true`",
+            signum,
+        )
+
     def fit(self) -> dict:
-        """Train until ``max_steps`` or ``max_epochs``; return the final val/test metrics and the best val ones."""
+        """Train until ``max_steps`` or ``max_epochs`` (from where a resumed run left off); return the final
+        val/test metrics and the best val ones. SIGINT/SIGTERM stop after the current step with a checkpoint."""
         total = self.total_steps
         pending: list[tuple[int, Tensor, Tensor]] = []
-        evaluated_at, final_val = -1, {}
-        epoch_times = []
-        with TrainingProgress(self.settings.progress, total, self.task_names) as progress:
+        with TrainingProgress(self.settings.progress, total, self.task_names) as progress, StopSignals() as signals:
             while self.step < total:
                 epoch_start = time.perf_counter()
-                epoch_loss_sum = torch.zeros(len(self.tasks), device=self.device)
-                epoch_steps = 0
                 for inputs, targets in self._train_batches():
+                    skipped = self.skipped_steps
                     losses, weights = self.train_step(inputs, targets)
                     self.step += 1
-                    epoch_loss_sum += losses[:len(self.tasks)]
-                    epoch_steps += 1
+                    self.batch_in_epoch += 1
+                    if self.skipped_steps == skipped:
+                        self.epoch_loss_sum += losses[:len(self.tasks)]
+                        self.epoch_steps += 1
                     pending.append((self.step, losses, weights))
+                    if self.abort_reason is not None:
+                        self._flush_steps(pending, progress)
+                        raise NonFiniteLossError(self.abort_reason)
                     if len(pending) >= self.settings.log_every:
                         self._flush_steps(pending, progress)
                     if self.settings.eval_every is not None and self.step % self.settings.eval_every == 0:
-                        if pending:
-                            self._flush_steps(pending, progress)
-                        final_val, evaluated_at = self._evaluate_and_log(progress), self.step
+                        self._flush_steps(pending, progress)
+                        self.final_val, self.evaluated_at = self._evaluate_and_log(progress), self.step
+                    if signals.signum is not None:
+                        self._stop(signals.signum, pending, progress)
                     if self.step >= total:
                         break
                 self.epoch += 1
-                epoch_times.append(time.perf_counter() - epoch_start)
-                self.weighting.after_epoch(self.epoch, epoch_loss_sum / epoch_steps)
+                self.batch_in_epoch = 0
+                self.epoch_times.append(time.perf_counter() - epoch_start)
+                self.weighting.after_epoch(self.epoch, self.epoch_loss_sum / max(self.epoch_steps, 1))
+                self.epoch_loss_sum.zero_()
+                self.epoch_steps = 0
                 if self.scheduler_interval == "epoch":
                     self.scheduler.step()
-                if pending:
-                    self._flush_steps(pending, progress)
+                self._flush_steps(pending, progress)
                 if self.settings.eval_every is None:
-                    final_val, evaluated_at = self._evaluate_and_log(progress), self.step
-            if evaluated_at != self.step:
-                final_val = self._evaluate_and_log(progress, checkpoint=False)
+                    self.final_val, self.evaluated_at = self._evaluate_and_log(progress), self.step
+            if self.evaluated_at != self.step:
+                self.final_val = self._evaluate_and_log(progress, checkpoint=False)
             final_test = self.evaluate("test")
             self.writer.log_eval(self.step, self.epoch, "test", final_test)
         if self.settings.checkpoint:
             self.writer.save_checkpoint(self.checkpoint_state())
         return {
-            "final": {"val": final_val, "test": final_test},
+            "final": {"val": self.final_val, "test": final_test},
             "best": self.best,
             "higher_is_better": {t.name: {**t.metric.higher_is_better, "loss": False} for t in self.tasks},
             "primary_metric": {t.name: t.metric.primary for t in self.tasks},
             "steps": self.step,
             "epochs": self.epoch,
-            "epoch_time_s": epoch_times,
+            "skipped_steps": self.skipped_steps,
+            "epoch_time_s": self.epoch_times,
         }

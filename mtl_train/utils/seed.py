@@ -1,4 +1,4 @@
-"""Seeding and RNG state capture."""
+"""Seeding, and capture and restore of every global RNG state (for exact resumes)."""
 
 from __future__ import annotations
 
@@ -22,3 +22,12 @@ def rng_state() -> dict[str, Any]:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Restore the global RNG states captured by :func:`rng_state` (CUDA's only where CUDA is present)."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

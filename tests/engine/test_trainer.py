@@ -50,7 +50,7 @@ def test_non_finite_loss_stops_with_the_task_and_step_named(tmp_path: Path, monk
         return data
 
     monkeypatch.setattr(SyntheticECG, "build", build_with_nan_targets)
-    with pytest.raises(NonFiniteLossError, match="loss 'denoise' became nan at step 1"):
+    with pytest.raises(NonFiniteLossError, match="the loss of task 'denoise' is not finite at step 1"):
         train(ecg_smoke(tmp_path))
     assert (tmp_path / "losses.csv").read_text().splitlines()[1].startswith("1,")  # the row is kept on disk
 
