@@ -112,6 +112,7 @@ class Trainer:
         self.epoch_times: list[float] = []
         self.skipped_steps = 0
         self.abort_reason: str | None = None
+        self._buffers_before_step: list[Tensor] = []
         self.evaluated_at = -1
         self.final_val: Metrics = {}
         self.best: dict[str, dict[str, dict[str, float]]] = {}
@@ -166,6 +167,8 @@ class Trainer:
         """One optimisation step; returns the detached losses (the ``k`` task losses, then the backbone's penalty if it
         has one) and the ``(k,)`` effective weights."""
         self.model.train()
+        if self.settings.nonfinite == "skip":  # a skipped step must not move BatchNorm's or the method's buffers either
+            self._buffers_before_step = [b.clone() for b in self._buffers()]
         with self._autocast():
             z = self.model.encode(inputs)
             outputs = self.model.decode(z, inputs)
@@ -209,6 +212,9 @@ class Trainer:
             self.scheduler.step()
         return losses.detach(), weights.detach()
 
+    def _buffers(self) -> list[Tensor]:
+        return [*self.model.buffers(), *self.weighting.buffers()]
+
     def _non_finite_gradient(self) -> str | None:
         """The name of the first model or weighting parameter whose gradient is not finite (one device sync when
         all are), or None."""
@@ -219,8 +225,8 @@ class Trainer:
         return next(name for name, grad in named if not torch.isfinite(grad).all())
 
     def _non_finite_step(self, losses: Tensor, what: str) -> tuple[Tensor, Tensor]:
-        """A step whose ``what`` (a loss or a gradient) is not finite: the model, optimizer and weighting are left
-        untouched and the row is returned with its non-finite values (weights NaN). ``trainer.nonfinite=skip`` counts
+        """A step whose ``what`` (a loss or a gradient) is not finite: the model and weighting (their buffers
+        included) and the optimizer are left untouched and the row is returned with its non-finite values (weights NaN). ``trainer.nonfinite=skip`` counts
         the step and goes on; ``abort`` sets :attr:`abort_reason`, which :meth:`fit` raises once the row is written."""
         if self.settings.nonfinite == "abort":
             self.abort_reason = (
@@ -230,6 +236,9 @@ class Trainer:
             )
         else:
             self.skipped_steps += 1
+            with torch.no_grad():
+                for buffer, saved in zip(self._buffers(), self._buffers_before_step):
+                    buffer.copy_(saved)
             if self.scheduler_interval == "step":
                 self.scheduler.step()
         losses = torch.cat([losses.detach(), losses.new_full((len(self.writer.loss_names) - len(losses),), math.nan)])
