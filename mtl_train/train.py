@@ -37,6 +37,9 @@ def config_digest(config: dict) -> str:
 
 
 def build_optimizer(cfg: DictConfig, param_groups: list[dict]) -> torch.optim.Optimizer:
+    lr = cfg.optimizer.get("lr")
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
+        raise ConfigError(f"optimizer.lr must be a number > 0, got {lr!r}; e.g. optimizer.lr=1e-3")
     factory = instantiate(cfg.optimizer, "optimizer")
     try:
         return factory(param_groups)
