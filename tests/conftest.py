@@ -33,20 +33,33 @@ def write_idx(path: Path, array: np.ndarray) -> None:
         file.write(header + array.astype(np.uint8).tobytes())
 
 
+def write_tiny_family(raw: Path, seed: int) -> None:
+    """Four IDX files in ``raw``: 120 train and 40 test random 28x28 images with random labels 0..9."""
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for prefix, n in (("train", 120), ("t10k", 40)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, size=(n, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, size=(n,)))
+
+
 @pytest.fixture(scope="session")
 def tiny_fashion_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data root holding a tiny random Fashion-MNIST in torchvision's layout (<root>/FashionMNIST/raw)."""
     root = tmp_path_factory.mktemp("data")
-    raw = root / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 120), ("t10k", 40)):
-        write_idx(raw / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, size=(n, 28, 28)))
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, size=(n,)))
+    write_tiny_family(root / "FashionMNIST" / "raw", seed=0)
     return root
 
 
-def image_data_overrides(root: Path) -> list[str]:
-    """Overrides that point the MNIST-family task sets at the tiny offline data."""
-    return ["dataset=fashion_mnist", f"dataset.root={root}", "dataset.download=false", "dataset.system_dirs=[]",
+@pytest.fixture(scope="session")
+def tiny_mnist_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data root holding tiny random MNIST and Fashion-MNIST (<root>/MNIST/raw, <root>/FashionMNIST/raw)."""
+    root = tmp_path_factory.mktemp("mnist_data")
+    write_tiny_family(root / "MNIST" / "raw", seed=1)
+    write_tiny_family(root / "FashionMNIST" / "raw", seed=2)
+    return root
+
+
+def image_data_overrides(root: Path, dataset: str = "fashion_mnist") -> list[str]:
+    """Overrides that point the MNIST-family task sets at the tiny offline data (``dataset``: its config name)."""
+    return [f"dataset={dataset}", f"dataset.root={root}", "dataset.download=false", "dataset.system_dirs=[]",
             "dataset.val_size=20"]

@@ -27,7 +27,10 @@ OUTPUT_FILES = ["metrics.jsonl", "losses.csv", "weights.csv", "summary.json", "c
 
 def smoke_config(task: str, weighting: str, output_dir: Path, data_root: Path, extra: list[str] = ()):
     overrides = ["debug=smoke", f"task={task}", f"weighting={weighting}", *extra]
-    if "mnist" in compose_config(overrides).dataset._target_.lower():
+    dataset = compose_config(overrides).dataset._target_
+    if dataset.endswith("multi_digit.MultiDigit"):
+        overrides += image_data_overrides(data_root, "multi_fashion")
+    elif "mnist" in dataset.lower():
         overrides += image_data_overrides(data_root)
     return compose_config(overrides, output_dir)
 
@@ -72,7 +75,7 @@ def test_smoke_train_writes_every_output(task: str, weighting: str, tmp_path: Pa
     assert set(on_disk["best"]) == set(task_names)
 
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
-    assert checkpoint["step"] == 2 and checkpoint["config"]["weighting"]["_target_"] == cfg.weighting._target_
+    assert checkpoint["loop"]["step"] == 2 and checkpoint["config"]["weighting"]["_target_"] == cfg.weighting._target_
     assert {"model", "optimizer", "scheduler", "scaler", "weighting", "rng"} <= set(checkpoint)
 
 

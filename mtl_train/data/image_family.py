@@ -216,9 +216,13 @@ class ImageFamilyDataset:
         """Dataset-specific fixes listed in the not-found message (besides download / root / synthetic)."""
         return []
 
+    def offline_fallback(self) -> RawImages | None:
+        """A substitute used when no search dir holds the files and no download worked; None: there is none."""
+        return None
+
     def load_raw(self) -> RawImages:
         """The first search dir that holds all four IDX files; else a torchvision download when allowed;
-        else :class:`DataNotFoundError` with :meth:`not_found_message`."""
+        else :meth:`offline_fallback`; else :class:`DataNotFoundError` with :meth:`not_found_message`."""
         searched: list[tuple[Path, str]] = []
         for directory in self.search_dirs():
             missing = missing_stems(directory)
@@ -226,12 +230,16 @@ class ImageFamilyDataset:
                 return read_dir(directory)
             why = "missing " + ", ".join(missing) if directory.is_dir() else "folder does not exist"
             searched.append((directory, why))
-        if not self.download:
-            raise DataNotFoundError(self.not_found_message(searched, download_error=None))
-        try:
-            return download_with_torchvision(self.name, self.root)
-        except (OSError, RuntimeError) as err:  # URLError is an OSError
-            raise DataNotFoundError(self.not_found_message(searched, download_error=err)) from err
+        download_error = None
+        if self.download:
+            try:
+                return download_with_torchvision(self.name, self.root)
+            except (OSError, RuntimeError) as err:  # URLError is an OSError
+                download_error = err
+        fallback = self.offline_fallback()
+        if fallback is not None:
+            return fallback
+        raise DataNotFoundError(self.not_found_message(searched, download_error)) from download_error
 
     def not_found_message(self, searched: Sequence[tuple[Path, str]], download_error: Exception | None) -> str:
         """One multi-line message: the folders searched (each with why it did not do), why no download
