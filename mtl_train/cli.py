@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -39,5 +40,10 @@ def main(cfg: DictConfig) -> None:
             raise
         Console(stderr=True).print(Text.assemble(("error: ", "bold red"), str(error)), soft_wrap=True)
         sys.exit(error.exit_code)
-    console.print(metrics_table(summary))
-    console.print(f"outputs: {summary['output_dir']}", highlight=False)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 reports
+        console.print(metrics_table(summary))
+        console.print(f"outputs: {summary['output_dir']}", highlight=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -12,7 +12,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mtl_train.engine.device import resolve_amp, resolve_device
-from mtl_train.engine.outputs import RunWriter
+from mtl_train.engine.distributed import Distributed, init_distributed
+from mtl_train.engine.outputs import NullRunWriter, RunWriter
 from mtl_train.engine.trainer import Trainer, TrainerSettings
 from mtl_train.delta_m import delta_m, load_baselines, require_tasks, write_baselines
 from mtl_train.errors import ConfigError
@@ -90,17 +91,25 @@ def read_checkpoint(path: Path | None, device: torch.device) -> dict | None:
 def train(cfg: DictConfig) -> dict:
     """Train what ``cfg`` describes (one multi-task model, or with ``stl=true`` one single-task model per task);
     write every output into ``cfg.output_dir``; return the summary."""
-    return train_single_task_baselines(cfg) if cfg.stl else train_model(cfg)
+    distributed, device_name = init_distributed(cfg.trainer.device)
+    try:
+        if cfg.stl:
+            return train_single_task_baselines(cfg, distributed, device_name)
+        return train_model(cfg, distributed, device_name)
+    finally:
+        if distributed.enabled:
+            torch.distributed.destroy_process_group()
 
 
-def train_model(cfg: DictConfig) -> dict:
-    """Train one model on every task of ``cfg.task``; add Δm to the summary when ``cfg.baselines`` is set."""
+def train_model(cfg: DictConfig, distributed: Distributed = Distributed(), device_name: str | None = None) -> dict:
+    """Train one model on every task of ``cfg.task``; add Δm to the summary when ``cfg.baselines`` is set.
+    ``distributed``/``device_name`` place this process in a torchrun job (:func:`init_distributed`)."""
     start = time.perf_counter()
     baselines = load_baselines(cfg.baselines) if cfg.baselines is not None else None
     output_dir = Path(cfg.output_dir)
     config = resolved_config(cfg)
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.trainer.device)
+    device = resolve_device(device_name or cfg.trainer.device)
     amp_dtype = resolve_amp(cfg.trainer.amp, device)
     settings = trainer_settings(cfg)
 
@@ -124,11 +133,14 @@ def train_model(cfg: DictConfig) -> dict:
 
     checkpoint = read_checkpoint(resume_path(cfg.trainer.resume, output_dir), device)
     penalty_names = [backbone.penalty_name] if backbone.penalty_name else []
-    writer = RunWriter(output_dir, task_names, penalty_names, tensorboard=cfg.trainer.tensorboard,
-                       resume_from=(checkpoint["run_dir"], checkpoint["loop"]["step"]) if checkpoint else None)
+    if distributed.is_main:
+        writer = RunWriter(output_dir, task_names, penalty_names, tensorboard=cfg.trainer.tensorboard,
+                           resume_from=(checkpoint["run_dir"], checkpoint["loop"]["step"]) if checkpoint else None)
+    else:
+        writer = NullRunWriter(output_dir, task_names, penalty_names)
     trainer = Trainer(
         model, tasks, weighting, schedule, optimizer, scheduler, cfg.scheduler.interval, data, device, amp_dtype,
-        settings, writer, config, cfg.seed,
+        settings, writer, config, cfg.seed, distributed,
     )
     if checkpoint:
         trainer.load_checkpoint_state(checkpoint)
@@ -150,7 +162,7 @@ def train_model(cfg: DictConfig) -> dict:
     if baselines is not None:
         summary["delta_m"] = {**delta_m(summary, baselines), "baselines": baselines["files"]}
     writer.write_summary(summary)
-    if cfg.trainer.plots:
+    if cfg.trainer.plots and distributed.is_main:
         plot_run(output_dir)
     return summary
 
@@ -169,11 +181,11 @@ def single_task_config(cfg: DictConfig, task: str) -> DictConfig:
     return single
 
 
-def train_single_task_baselines(cfg: DictConfig) -> dict:
+def train_single_task_baselines(cfg: DictConfig, distributed: Distributed, device_name: str) -> dict:
     """``stl=true``: one single-task model per task, each run written to ``<output_dir>/stl/<task>``; the combined
     summary (every task's metrics, as a multi-task run's) and ``baselines.json`` go to ``<output_dir>``."""
     start = time.perf_counter()
-    runs = {task: train_model(single_task_config(cfg, task)) for task in cfg.task}
+    runs = {task: train_model(single_task_config(cfg, task), distributed, device_name) for task in cfg.task}
     first = next(iter(runs.values()))
     summary = {
         "tasks": list(runs),
@@ -193,6 +205,7 @@ def train_single_task_baselines(cfg: DictConfig) -> dict:
         "output_dir": cfg.output_dir,
         "runs": {task: run["output_dir"] for task, run in runs.items()},
     }
-    write_json(Path(cfg.output_dir) / "summary.json", summary)
-    write_baselines(Path(cfg.output_dir), summary)
+    if distributed.is_main:
+        write_json(Path(cfg.output_dir) / "summary.json", summary)
+        write_baselines(Path(cfg.output_dir), summary)
     return summary

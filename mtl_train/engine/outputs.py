@@ -119,3 +119,27 @@ def read_step_csv(path: Path) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     steps = torch.tensor([int(r[0]) for r in body], dtype=torch.long)
     values = torch.tensor([[float(v) for v in r[1:]] for r in body], dtype=torch.float64).reshape(len(body), len(header) - 1)
     return header[1:], steps, values
+
+
+class NullRunWriter(RunWriter):
+    """The writer of ranks other than 0 under torchrun: same interface, writes nothing (rank 0 writes the run)."""
+
+    def __init__(self, output_dir: Path, task_names: list[str], penalty_names: list[str] = ()) -> None:
+        self.output_dir = Path(output_dir)
+        self.task_names = task_names
+        self.loss_names = [*task_names, *penalty_names]
+
+    def log_steps(self, steps: list[int], losses: Tensor, weights: Tensor) -> None:
+        pass
+
+    def log_eval(self, step: int, epoch: int, split: str, metrics: dict[str, dict[str, float]]) -> None:
+        pass
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        pass
+
+    def save_checkpoint(self, state: dict[str, Any]) -> Path:
+        return self.output_dir / "checkpoints" / "last.pt"
+
+    def close(self) -> None:
+        pass

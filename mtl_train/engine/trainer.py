@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from mtl_train.data.base import MultiTaskData, TensorSplit
+from mtl_train.engine.distributed import Distributed
 from mtl_train.engine.outputs import RunWriter
 from mtl_train.engine.progress import TrainingProgress
 from mtl_train.engine.signals import StopSignals
@@ -82,6 +83,7 @@ class Trainer:
         writer: RunWriter,
         config: dict,
         seed: int,
+        distributed: Distributed = Distributed(),
     ) -> None:
         if scheduler_interval not in ("step", "epoch"):
             raise ConfigError(f"scheduler.interval must be 'step' or 'epoch', got {scheduler_interval!r}")
@@ -98,9 +100,18 @@ class Trainer:
         self.settings = settings
         self.writer = writer
         self.config = config
+        if settings.batch_size % distributed.world_size:
+            raise ConfigError(f"trainer.batch_size={settings.batch_size} (the global batch) must be a multiple of the "
+                              f"number of processes, {distributed.world_size}")
+        self.distributed = distributed
         needed = sorted({t.target for t in tasks})
-        self.splits = {name: self._keep_targets(split, needed).to(device) for name, split in
+        self.splits = {name: self._keep_targets(split, needed) for name, split in
                        (("train", data.train), ("val", data.val), ("test", data.test))}
+        self.eval_sizes = {name: len(split) for name, split in self.splits.items()}
+        for name in ("val", "test"):  # each rank evaluates every world_size-th row; metric statistics are summed
+            rows = torch.arange(distributed.rank, len(self.splits[name]), distributed.world_size)
+            self.splits[name] = self.splits[name].subset(rows)
+        self.splits = {name: split.to(device) for name, split in self.splits.items()}
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
         self.data_generator = torch.Generator().manual_seed(seed)
         self.epoch_generator_state = self.data_generator.get_state()
@@ -135,9 +146,10 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _train_batches(self) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
+    def _train_batches(self) -> Iterator[tuple[Tensor, dict[str, Tensor], float]]:
         """The current epoch's remaining batches: a permutation drawn from the data generator at the epoch's start
-        (drawn again from the saved state when a run resumes mid-epoch), from batch ``batch_in_epoch`` on."""
+        (drawn again from the saved state when a run resumes mid-epoch), from batch ``batch_in_epoch`` on; under
+        torchrun, this rank's rows of each global batch and its share (:meth:`Distributed.shard`)."""
         split = self.splits["train"]
         if self.batch_in_epoch == 0:
             self.epoch_generator_state = self.data_generator.get_state()
@@ -145,34 +157,36 @@ class Trainer:
             self.data_generator.set_state(self.epoch_generator_state)
         order = torch.randperm(len(split), generator=self.data_generator).to(self.device)
         for start in range(self.batch_in_epoch * self.settings.batch_size, len(split), self.settings.batch_size):
-            index = order[start:start + self.settings.batch_size]
-            yield split.inputs[index], {name: t[index] for name, t in split.targets.items()}
+            index, share = self.distributed.shard(order[start:start + self.settings.batch_size])
+            yield split.inputs[index], {name: t[index] for name, t in split.targets.items()}, share
 
     def task_losses(self, outputs: dict[str, Tensor], targets: dict[str, Tensor]) -> Tensor:
         """The ``(k,)`` task losses, computed in float32 outside autocast."""
         return torch.stack([task.loss(outputs[task.name].float(), targets[task.target]) for task in self.tasks])
 
-    def _recompute_losses(self, inputs: Tensor, targets: dict[str, Tensor], factors: Tensor) -> Callable[[], Tensor]:
-        """A closure giving the scheduled task losses on this batch with the current parameters, without grad."""
+    def _recompute_losses(self, inputs: Tensor, targets: dict[str, Tensor], factors: Tensor,
+                          share: float) -> Callable[[], Tensor]:
+        """A closure giving the scheduled task losses on this (global) batch with the current parameters, without
+        grad."""
 
         @torch.no_grad()
         def recompute() -> Tensor:
             with self._autocast():
                 outputs = self.model(inputs)
-            return self.task_losses(outputs, targets) * factors
+            return self.distributed.global_losses(self.task_losses(outputs, targets), share) * factors
 
         return recompute
 
-    def train_step(self, inputs: Tensor, targets: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    def train_step(self, inputs: Tensor, targets: dict[str, Tensor], share: float = 1.0) -> tuple[Tensor, Tensor]:
         """One optimisation step; returns the detached losses (the ``k`` task losses, then the backbone's penalty if it
-        has one) and the ``(k,)`` effective weights."""
+        has one) and the ``(k,)`` effective weights. ``share`` is this rank's share of the global batch (torchrun)."""
         self.model.train()
         if self.settings.nonfinite == "skip":  # a skipped step must not move BatchNorm's or the method's buffers either
             self._buffers_before_step = [b.clone() for b in self._buffers()]
         with self._autocast():
             z = self.model.encode(inputs)
             outputs = self.model.decode(z, inputs)
-        losses = self.task_losses(outputs, targets)
+        losses = self.distributed.global_losses(self.task_losses(outputs, targets), share)
         finite = torch.isfinite(losses)
         if not finite.all():
             task = self.task_names[int((~finite).nonzero()[0])]
@@ -189,13 +203,15 @@ class Trainer:
             shared_representation=z,
             outputs=outputs,
             class_logits={task.name: task.metric.class_logits for task in self.tasks},
-            recompute_losses=self._recompute_losses(inputs, targets, factors),
+            recompute_losses=self._recompute_losses(inputs, targets, factors, share),
+            distributed=self.distributed,
         )
         weights = self.weighting.backward(losses * factors, ctx) * factors
         penalty = self.model.penalty()
         if penalty is not None:
             self.scaler.scale(penalty).backward()
             losses = torch.cat([losses, penalty.detach().float().reshape(1)])
+        self.distributed.average_gradients([p for group in self.optimizer.param_groups for p in group["params"]])
         if self.scaler.is_enabled():
             self.scaler.unscale_(self.optimizer)  # GradScaler itself skips fp16 steps whose gradients overflowed
         else:
@@ -260,7 +276,10 @@ class Trainer:
             loss_sums += self.task_losses(outputs, targets).double() * inputs.shape[0]
             for task in self.tasks:
                 task.metric.update(outputs[task.name].float(), targets[task.target])
-        mean_losses = (loss_sums / len(split)).tolist()
+        self.distributed.sum_(loss_sums)
+        for task in self.tasks:
+            self.distributed.sum_metric_state(task.metric, self.device)
+        mean_losses = (loss_sums / self.eval_sizes[split_name]).tolist()
         return {task.name: {**task.metric.compute(), "loss": loss} for task, loss in zip(self.tasks, mean_losses)}
 
     def _update_best(self, metrics: Metrics) -> None:
@@ -344,9 +363,9 @@ class Trainer:
         with TrainingProgress(self.settings.progress, total, self.task_names) as progress, StopSignals() as signals:
             while self.step < total:
                 epoch_start = time.perf_counter()
-                for inputs, targets in self._train_batches():
+                for inputs, targets, share in self._train_batches():
                     skipped = self.skipped_steps
-                    losses, weights = self.train_step(inputs, targets)
+                    losses, weights = self.train_step(inputs, targets, share)
                     self.step += 1
                     self.batch_in_epoch += 1
                     if self.skipped_steps == skipped:
@@ -361,8 +380,8 @@ class Trainer:
                     if self.settings.eval_every is not None and self.step % self.settings.eval_every == 0:
                         self._flush_steps(pending, progress)
                         self.final_val, self.evaluated_at = self._evaluate_and_log(progress), self.step
-                    if signals.signum is not None:
-                        self._stop(signals.signum, pending, progress)
+                    if self.distributed.any(signals.signum is not None, self.device):
+                        self._stop(signals.signum or signal.SIGTERM, pending, progress)
                     if self.step >= total:
                         break
                 self.epoch += 1

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from mtl_train.engine.distributed import Distributed
 from mtl_train.model import MultiTaskModel
 
 
@@ -49,7 +50,9 @@ class StepContext:
     ``inputs`` is the batch x; ``shared_representation`` is z (the trunk's output, still in the graph); ``outputs`` are the task outputs
     (in the graph); ``class_logits[task]`` says whether a task's output holds class logits along dim 1;
     ``recompute_losses()`` evaluates the task losses again on the same batch with the current parameters,
-    without gradients (for methods that compare losses before and after the update, e.g. FAMO).
+    without gradients (for methods that compare losses before and after the update, e.g. FAMO). ``distributed``
+    reduces per-task gradients over torchrun ranks (:meth:`~mtl_train.engine.distributed.Distributed.task_gradients`;
+    the identity in a single process).
     """
 
     model: MultiTaskModel
@@ -62,6 +65,7 @@ class StepContext:
     outputs: dict[str, Tensor] = field(default_factory=dict)
     class_logits: dict[str, bool] = field(default_factory=dict)
     recompute_losses: Callable[[], Tensor] | None = None
+    distributed: Distributed = field(default_factory=Distributed)
 
 
 def normalise_over_active(scores: Tensor, active: Tensor) -> Tensor:

@@ -72,8 +72,10 @@ class GradientWeighting(Weighting):
     def backward(self, losses: Tensor, ctx: StepContext) -> Tensor:
         shared = self.shared_tensors(ctx)
         grads = task_gradient_matrix(ctx.scale(losses), shared) / ctx.loss_scale
+        grads, own, back_factor = ctx.distributed.task_gradients(grads, per_sample=self.mode == "rep")
         aggregation = self.aggregate(grads.float())
-        self.apply_direction(losses, ctx, shared, (aggregation.direction * ctx.loss_scale).to(grads.dtype))
+        direction = aggregation.direction[own] * (ctx.loss_scale * back_factor)
+        self.apply_direction(losses, ctx, shared, direction.to(grads.dtype))
         return aggregation.weights.detach()
 
     def apply_direction(self, losses: Tensor, ctx: StepContext, shared: list[Tensor], direction: Tensor) -> None:

@@ -63,7 +63,7 @@ class GradNorm(Weighting):
             params = ctx.model.shared_parameters()
         else:
             params = list(ctx.model.last_shared_layer().parameters())
-        grads = task_gradient_matrix(ctx.scale(losses), params)
+        grads, _, _ = ctx.distributed.task_gradients(task_gradient_matrix(ctx.scale(losses), params), per_sample=False)
         loss_ratios = losses.detach() / self.initial_losses
         gradnorm_loss(self.weights, grads, loss_ratios, self.alpha).backward()
         weights = self.weights.detach()
