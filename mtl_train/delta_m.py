@@ -5,7 +5,8 @@ Vandenhende et al., TPAMI 2021)::
 
     Δm = 100 / K · Σ_k s_k · (M_k − B_k) / B_k        s_k = +1 if higher is better, −1 otherwise
 
-over the K tasks, with M_k the multi-task model's primary test metric of task k (``TaskMetric.primary``) and B_k
+over the K tasks, with M_k the multi-task model's primary test metric of task k (``TaskMetric.primary``; of the
+model chosen on validation when ``trainer.model_selection=best_val``, see :func:`test_metrics`) and B_k
 the same metric of the single-task model trained with the same budget (``mtl-train stl=true``). Positive Δm
 means better than single-task learning (LibMTL's "Δp ↑" sign; the CAGrad / Nash-MTL papers report −Δm).
 
@@ -24,6 +25,11 @@ from mtl_train.errors import ConfigError
 from mtl_train.utils.io import write_json
 
 BASELINES_FILE = "baselines.json"
+
+
+def test_metrics(summary: dict) -> dict[str, dict[str, float]]:
+    """A run's reported test metrics: the validation-selected model's when it has one, else the final model's."""
+    return summary["selected"]["test"] if "selected" in summary else summary["final"]["test"]
 
 
 def relative_change(value: float, baseline: float, higher_is_better: bool) -> float | None:
@@ -46,7 +52,7 @@ def delta_m(summary: dict, baselines: dict) -> dict:
     for task in summary["tasks"]:
         metric = summary["primary_metric"][task]
         metrics[task] = metric
-        per_task[task] = relative_change(summary["final"]["test"][task][metric], baselines["tasks"][task][metric],
+        per_task[task] = relative_change(test_metrics(summary)[task][metric], baselines["tasks"][task][metric],
                                          summary["higher_is_better"][task][metric])
     usable = [v for v in per_task.values() if v is not None]
     return {"value": statistics.fmean(usable) if usable else None, "per_task": per_task, "metrics": metrics}
@@ -65,7 +71,7 @@ def require_tasks(baselines: dict, tasks: list[str]) -> None:
 def write_baselines(output_dir: Path, summary: dict) -> Path:
     """Write the single-task test metrics of ``summary`` (an ``stl=true`` run) to ``output_dir/baselines.json``."""
     path = Path(output_dir) / BASELINES_FILE
-    write_json(path, {"tasks": summary["final"]["test"], "seed": summary["seed"],
+    write_json(path, {"tasks": test_metrics(summary), "seed": summary["seed"],
                       "config_digest": summary["config_digest"]})
     return path
 

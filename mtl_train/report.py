@@ -23,7 +23,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from mtl_train.delta_m import delta_m, load_baselines
+from mtl_train.delta_m import delta_m, load_baselines, test_metrics
 from mtl_train.errors import ConfigError
 from mtl_train.report_plots import plot_comparison
 
@@ -69,10 +69,12 @@ def find_runs(dirs: Sequence[Path]) -> tuple[list[Run], list[Path]]:
 
 
 def metric_values(summary: dict, split: str = "test", baselines: dict | None = None) -> dict[str, float]:
-    """``{"task/metric": value}`` of the final metrics on ``split``, plus the wall time and, on the test split,
+    """``{"task/metric": value}`` of the final metrics on ``split`` (on the test split, of the validation-selected
+    model when the run has one: :func:`~mtl_train.delta_m.test_metrics`), plus the wall time and, on the test split,
     Δm (in %) against ``baselines`` or else the run's own ``delta_m``."""
-    values = {f"{task}/{name}": value for task, metrics in summary["final"][split].items()
-              for name, value in metrics.items() if name != "loss"}
+    reported = test_metrics(summary) if split == "test" else summary["final"][split]
+    values = {f"{task}/{name}": value for task, metrics in reported.items() for name, value in metrics.items()
+              if name != "loss"}
     values["wall_time_s"] = summary["wall_time_s"]
     if split == "test" and not summary.get("stl"):
         result = delta_m(summary, baselines) if baselines is not None else summary.get("delta_m")

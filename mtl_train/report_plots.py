@@ -20,6 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
 
+from mtl_train.delta_m import test_metrics  # noqa: E402
 from mtl_train.engine.outputs import read_step_csv  # noqa: E402
 
 if TYPE_CHECKING:  # report.py imports this module to draw its plots
@@ -99,7 +100,7 @@ def tradeoff(runs: Sequence[Run], out_dir: Path) -> Path:
     fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=100)
     table = []
     for label in dict.fromkeys(run.label for run in runs):
-        points = [(r.summary["final"]["test"][task_a][metric_a], r.summary["final"]["test"][task_b][metric_b],
+        points = [(test_metrics(r.summary)[task_a][metric_a], test_metrics(r.summary)[task_b][metric_b],
                    r.summary.get("seed", 0)) for r in runs if r.label == label]
         ax.scatter([p[0] for p in points], [p[1] for p in points], label=label)
         table += [[label, seed, a, b] for a, b, seed in points]

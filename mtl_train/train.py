@@ -15,7 +15,7 @@ from mtl_train.engine.device import resolve_amp, resolve_device
 from mtl_train.engine.distributed import Distributed, init_distributed
 from mtl_train.engine.outputs import NullRunWriter, RunWriter
 from mtl_train.engine.trainer import Trainer, TrainerSettings
-from mtl_train.delta_m import delta_m, load_baselines, require_tasks, write_baselines
+from mtl_train.delta_m import delta_m, load_baselines, require_tasks, test_metrics, write_baselines
 from mtl_train.errors import ConfigError
 from mtl_train.model import MultiTaskModel
 from mtl_train.plots import plot_run
@@ -192,6 +192,9 @@ def train_single_task_baselines(cfg: DictConfig, distributed: Distributed, devic
         "weighting": "single_task",
         "stl": True,
         "final": {split: {task: run["final"][split][task] for task, run in runs.items()} for split in ("val", "test")},
+        **({"selected": {"test": {task: test_metrics(run)[task] for task, run in runs.items()},
+                         "step": {task: run["selected"]["step"] for task, run in runs.items()}}}
+           if cfg.trainer.model_selection == "best_val" else {}),
         "best": {task: run["best"][task] for task, run in runs.items()},
         "higher_is_better": {task: run["higher_is_better"][task] for task, run in runs.items()},
         "primary_metric": {task: run["primary_metric"][task] for task, run in runs.items()},

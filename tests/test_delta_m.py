@@ -66,3 +66,8 @@ def test_load_baselines_errors_name_the_fix(tmp_path: Path) -> None:
     (tmp_path / "baselines.json").write_text("{not json")
     with pytest.raises(ConfigError, match="unreadable"):
         load_baselines(tmp_path)
+
+
+def test_delta_m_uses_the_validation_selected_model_when_there_is_one() -> None:
+    run = {**summary(accuracy=0.5, mse=0.5), "selected": {"test": {"cls": {"accuracy": 0.9}, "rec": {"mse": 0.1}}}}
+    assert delta_m(run, baselines(accuracy=0.8, mse=0.1))["value"] == pytest.approx(6.25)  # (12.5 + 0) / 2

@@ -30,9 +30,10 @@ from mtl_train.weighting.base import StepContext, Weighting
 
 Metrics = dict[str, dict[str, float]]
 NONFINITE_POLICIES = ("abort", "skip")
+MODEL_SELECTIONS = ("final", "best_val")
 # The training loop's position, saved in checkpoints so that a resumed run continues exactly.
 LOOP_STATE = ("step", "epoch", "batch_in_epoch", "epoch_generator_state", "epoch_loss_sum", "epoch_steps",
-              "epoch_times", "skipped_steps", "evaluated_at", "final_val", "best")
+              "epoch_times", "skipped_steps", "evaluated_at", "final_val", "best", "selected")
 
 
 @dataclass
@@ -49,8 +50,12 @@ class TrainerSettings:
     progress: str = "auto"
     checkpoint: bool = True
     nonfinite: str = "abort"
+    model_selection: str = "final"
 
     def __post_init__(self) -> None:
+        if self.model_selection not in MODEL_SELECTIONS:
+            raise ConfigError(f"trainer.model_selection must be one of {', '.join(MODEL_SELECTIONS)}, "
+                              f"got {self.model_selection!r}")
         if self.nonfinite not in NONFINITE_POLICIES:
             raise ConfigError(f"trainer.nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {self.nonfinite!r}")
         for key in ("batch_size", "eval_batch_size", "max_epochs", "log_every"):
@@ -127,6 +132,15 @@ class Trainer:
         self.evaluated_at = -1
         self.final_val: Metrics = {}
         self.best: dict[str, dict[str, dict[str, float]]] = {}
+        self.selected: dict | None = None
+        if settings.model_selection == "best_val":
+            directions = {t.metric.higher_is_better[t.metric.primary] for t in tasks}
+            if len(directions) > 1:
+                raise ConfigError(
+                    "trainer.model_selection=best_val averages the tasks' primary validation metrics, but "
+                    f"{', '.join(f'{t.name}:{t.metric.primary}' for t in tasks)} mix higher- and lower-is-better "
+                    "ones; use trainer.model_selection=final"
+                )
 
     @staticmethod
     def _keep_targets(split: TensorSplit, names: list[str]) -> TensorSplit:
@@ -301,10 +315,21 @@ class Trainer:
         pending.clear()
         progress.update(steps[-1], losses[-1, :len(self.tasks)].tolist(), weights[-1].tolist())
 
+    def _select(self, metrics: Metrics) -> None:
+        """``trainer.model_selection=best_val``: when the mean of the tasks' primary validation metrics improves
+        (Kurin et al., NeurIPS 2022: "model chosen by validation accuracy"), test this model and keep the result."""
+        score = sum(metrics[t.name][t.metric.primary] for t in self.tasks) / len(self.tasks)
+        higher = self.tasks[0].metric.higher_is_better[self.tasks[0].metric.primary]
+        if self.selected is None or (score > self.selected["score"] if higher else score < self.selected["score"]):
+            self.selected = {"step": self.step, "epoch": self.epoch, "score": score, "val": metrics,
+                             "test": self.evaluate("test")}
+
     def _evaluate_and_log(self, progress: TrainingProgress, checkpoint: bool = True) -> Metrics:
         metrics = self.evaluate("val")
         self.writer.log_eval(self.step, self.epoch, "val", metrics)
         self._update_best(metrics)
+        if self.settings.model_selection == "best_val":
+            self._select(metrics)
         self.weighting.after_evaluation(metrics)
         progress.message(f"[eval] step {self.step} epoch {self.epoch}: " + "; ".join(
             f"{task} " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()) for task, values in metrics.items()))
@@ -410,4 +435,5 @@ class Trainer:
             "epochs": self.epoch,
             "skipped_steps": self.skipped_steps,
             "epoch_time_s": self.epoch_times,
+            **({"selected": self.selected} if self.selected is not None else {}),
         }

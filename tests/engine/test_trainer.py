@@ -97,3 +97,18 @@ def test_non_positive_learning_rate_is_a_config_error(tmp_path: Path) -> None:
 def test_task_target_missing_from_dataset_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"task.cls.target='label' is not provided by this dataset"):
         train(ecg_smoke(tmp_path, "task=cls_seg", "dataset=synthetic_ecg", "backbone=cnn1d"))
+
+
+def test_best_val_model_selection_reports_the_test_metrics_of_the_best_mean_val_evaluation(tmp_path: Path) -> None:
+    summary = train(ecg_smoke(tmp_path, "trainer.max_steps=4", "trainer.model_selection=best_val"))
+    val = [r for r in records(tmp_path) if r["split"] == "val"]
+    scores = [(r["metrics"]["rhythm"]["accuracy"] + r["metrics"]["denoise"]["psnr"]) / 2 for r in val]
+    best = val[scores.index(max(scores))]  # the first evaluation reaching the best mean
+    assert summary["selected"]["step"] == best["step"] and summary["selected"]["val"] == best["metrics"]
+    assert summary["selected"]["score"] == pytest.approx(max(scores))
+    assert set(summary["selected"]["test"]) == {"rhythm", "denoise"}
+
+
+def test_best_val_selection_refuses_metrics_of_mixed_direction(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="trainer.model_selection=best_val averages .*heart_rate:mae"):
+        train(ecg_smoke(tmp_path, "task=ecg_full", "trainer.model_selection=best_val"))
