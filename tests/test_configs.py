@@ -9,7 +9,7 @@ import torch
 from conftest import CONFIG_DIR, compose_config
 from omegaconf import OmegaConf, open_dict
 
-from mtl_train.backbones.hard import HardSharedBackbone
+from mtl_train.backbones.base import Backbone
 from mtl_train.metrics.base import TaskMetric
 from mtl_train.utils.instantiate import instantiate
 from mtl_train.weighting.base import Weighting
@@ -41,8 +41,10 @@ def test_every_option_composes(group: str) -> None:
 @pytest.mark.parametrize("task", options("task"))
 def test_task_components_instantiate(task: str) -> None:
     cfg = compose_config([f"task={task}"])
-    backbone = instantiate(cfg.backbone, "backbone", task_names=list(cfg.task), in_channels=1)
-    assert isinstance(backbone, HardSharedBackbone)
+    ecg = cfg.dataset._target_.endswith("SyntheticECG")
+    input_size = [2500] if ecg else [28, 28]  # synthetic ECG segments, MNIST-family images
+    backbone = instantiate(cfg.backbone, "backbone", task_names=list(cfg.task), in_channels=1, input_size=input_size)
+    assert isinstance(backbone, Backbone)
     for name, node in cfg.task.items():
         head = instantiate(node.head, f"task.{name}.head", in_channels=backbone.out_channels,
                            spatial_dims=backbone.spatial_dims)

@@ -44,16 +44,7 @@ def hard_cnn(
     ``first_stride`` > 1 downsamples long signals early (e.g. 2 for 2,500-sample ECG segments). ``input_size`` (the
     data's spatial size) is checked against the trunk's total downsampling.
     """
-    if spatial_dims not in _CONV:
-        raise ConfigError(f"backbone.spatial_dims must be 1 (signals) or 2 (images), got {spatial_dims}")
-    if len(channels) == 0:
-        raise ConfigError("backbone.channels must list at least one block width")
-    check_downsampling(input_size, first_stride * 2 ** len(channels), "backbone.channels (one pooling block each)")
-    widths = [in_channels, *channels]
-    blocks = [
-        conv_block(widths[i], widths[i + 1], kernel_size, first_stride if i == 0 else 1, spatial_dims)
-        for i in range(len(channels))
-    ]
+    blocks = conv_blocks(in_channels, input_size, spatial_dims, channels, kernel_size, first_stride)
     return HardSharedBackbone(
         blocks,
         task_names,
@@ -61,6 +52,33 @@ def hard_cnn(
         out_channels=channels[-1],
         spatial_dims=spatial_dims,
     )
+
+
+def conv_blocks(
+    in_channels: int,
+    input_size: Sequence[int],
+    spatial_dims: int,
+    channels: Sequence[int],
+    kernel_size: int,
+    first_stride: int,
+) -> list[nn.Sequential]:
+    """One :func:`conv_block` per entry of ``channels`` (the first with ``first_stride``), checked against the
+    input: the trunk of :func:`hard_cnn`, the towers of soft sharing and cross-stitch networks, MMoE's experts."""
+    if spatial_dims not in _CONV:
+        raise ConfigError(f"backbone.spatial_dims must be 1 (signals) or 2 (images), got {spatial_dims}")
+    if len(input_size) != spatial_dims:
+        raise ConfigError(
+            f"backbone.spatial_dims={spatial_dims} does not fit the data's {len(input_size)}-D inputs "
+            f"{tuple(input_size)}; pick the backbone's 1d variant for signals and its 2d variant for images"
+        )
+    if len(channels) == 0:
+        raise ConfigError("backbone.channels must list at least one block width")
+    check_downsampling(input_size, first_stride * 2 ** len(channels), "backbone.channels (one pooling block each)")
+    widths = [in_channels, *channels]
+    return [
+        conv_block(widths[i], widths[i + 1], kernel_size, first_stride if i == 0 else 1, spatial_dims)
+        for i in range(len(channels))
+    ]
 
 
 def check_downsampling(input_size: Sequence[int], factor: int, key: str) -> None:

@@ -26,6 +26,12 @@ class DenseHead(nn.Module):
         self, in_channels: int, spatial_dims: int, num_outputs: int, hidden: int = 32, upsample_stages: int = 2
     ) -> None:
         super().__init__()
+        if spatial_dims not in _CONV:
+            raise ConfigError(
+                f"dense and reconstruction heads predict per sample/pixel and need spatial features (spatial_dims 1 or "
+                f"2), but the backbone gives spatial_dims={spatial_dims} (0: flat feature vectors, e.g. "
+                "backbone=multi_lenet); use a convolutional backbone or a classification-only task set"
+            )
         if upsample_stages < 0:
             raise ConfigError(f"head upsample_stages must be >= 0, got {upsample_stages}")
         conv = _CONV[spatial_dims]
