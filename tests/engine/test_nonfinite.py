@@ -28,17 +28,17 @@ def poison(monkeypatch: pytest.MonkeyPatch, step: int, where: str) -> dict[str, 
         return {"model": {k: v.clone() for k, v in trainer.model.state_dict().items()},
                 "weighting": {k: v.clone() for k, v in trainer.weighting.state_dict().items()}}
 
-    def train_step(self, inputs, targets):
+    def train_step(self, inputs, targets, share=1.0):
         if self.step + 1 != step:
-            return original(self, inputs, targets)
+            return original(self, inputs, targets, share)
         captured["before"] = snapshot(self)
         if where == "loss":
             targets = {**targets, "clean": torch.full_like(targets["clean"], math.nan)}
-            result = original(self, inputs, targets)
+            result = original(self, inputs, targets, share)
         else:
             weight = self.model.backbone.shared[0][0].weight
             handle = weight.register_hook(lambda grad: torch.full_like(grad, math.nan))
-            result = original(self, inputs, targets)
+            result = original(self, inputs, targets, share)
             handle.remove()
         captured["after"] = snapshot(self)
         return result

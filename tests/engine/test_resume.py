@@ -31,8 +31,8 @@ def interrupt_at(monkeypatch: pytest.MonkeyPatch, step: int, how: str) -> None:
     """Make training stop right after optimizer step ``step``: by SIGINT (a graceful stop) or by a crash."""
     original = Trainer.train_step
 
-    def train_step(self, inputs, targets):
-        result = original(self, inputs, targets)
+    def train_step(self, inputs, targets, share=1.0):
+        result = original(self, inputs, targets, share)
         if self.step + 1 == step:
             if how == "signal":
                 signal.raise_signal(signal.SIGINT)
