@@ -35,6 +35,7 @@ def csv_values(path: Path) -> list[float]:
         return [float(v) for row in list(csv.reader(file))[1:] for v in row]
 
 
+@pytest.mark.slow  # three torchrun launches: run by `pytest -m slow` (and .ci/run)
 @pytest.mark.parametrize("weighting", [
     ["weighting=ew"],
     ["weighting=pcgrad"],                     # per-task gradients over the shared parameters, averaged over ranks

@@ -95,6 +95,7 @@ def test_resume_errors_name_the_fix(tmp_path: Path) -> None:
         train(compose_config([*RUN, "backbone.channels=[8,8,8,8]", f"trainer.resume={tmp_path / 'ecg2'}"], tmp_path / "wide"))
 
 
+@pytest.mark.slow  # two CLI processes training 50 steps: run by `pytest -m slow` (and .ci/run)
 def test_sigterm_to_the_cli_checkpoints_and_exits_143_then_resumes(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     args = [str(Path(sys.executable).parent / "mtl-train"), "trainer.max_epochs=2", "dataset.num_train=400",
