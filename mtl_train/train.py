@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mtl_train.engine.device import resolve_amp, resolve_device
+from mtl_train.engine.acceleration import accelerate
 from mtl_train.engine.distributed import Distributed, init_distributed
 from mtl_train.engine.outputs import NullRunWriter, RunWriter
 from mtl_train.engine.trainer import Trainer, TrainerSettings
@@ -125,7 +126,7 @@ def train_model(cfg: DictConfig, distributed: Distributed = Distributed(), devic
                           in_channels=backbone.out_channels, spatial_dims=backbone.spatial_dims)
         for name in task_names
     }
-    model = MultiTaskModel(backbone, heads).to(device)
+    model = accelerate(MultiTaskModel(backbone, heads), channels_last=cfg.trainer.channels_last).to(device)
     weighting = instantiate(cfg.weighting, "weighting", task_names=task_names).to(device)
     schedule = instantiate(cfg.schedule, "schedule", task_names=task_names)
     optimizer = build_optimizer(cfg, [{"params": list(model.parameters())}, *weighting.optimizer_groups()])

@@ -78,8 +78,9 @@ class AlignedMTL(GradientWeighting):
         scale_mode: str = "min",
         task_weights: Mapping[str, float] | Sequence[float] | None = None,
         mode: str = "params",
+        jacobian: str = "auto",
     ) -> None:
-        super().__init__(task_names, mode=mode)
+        super().__init__(task_names, mode=mode, jacobian=jacobian)
         if scale_mode not in SCALE_MODES:
             raise ConfigError(f"weighting.scale_mode must be one of {list(SCALE_MODES)}, got {scale_mode!r}")
         self.scale_mode = scale_mode
@@ -99,6 +100,6 @@ class AlignedMTL(GradientWeighting):
                               f"{self.task_names}; give one per task, in task order, or a mapping task -> weight")
         return [float(w) for w in weights]
 
-    def aggregate(self, grads: Tensor) -> Aggregation:
+    def aggregate(self, grads: Tensor, losses: Tensor) -> Aggregation:
         alpha = aligned_mtl_weights(grads @ grads.T, self.task_weights, self.scale_mode, data_dtype=grads.dtype)
         return Aggregation(alpha @ grads, alpha)

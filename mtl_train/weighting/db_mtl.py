@@ -48,11 +48,12 @@ class DBMTL(GradientWeighting):
         beta_sigma: float = 0.0,
         eps: float = 1e-8,
         mode: str = "params",
+        jacobian: str = "auto",
     ) -> None:
         if mode != "params":
             raise ConfigError(f"weighting.mode must be 'params' for DB-MTL (an EMA of gradients w.r.t. the shared "
                               f"representation would mix different batches' samples), got {mode!r}")
-        super().__init__(task_names, mode=mode)
+        super().__init__(task_names, mode=mode, jacobian=jacobian)
         if not 0 <= beta <= 1:
             raise ConfigError(f"weighting.beta must be in [0, 1], got {beta}")
         if not beta_sigma >= 0:
@@ -75,7 +76,7 @@ class DBMTL(GradientWeighting):
     def backward(self, losses: Tensor, ctx: StepContext) -> Tensor:
         return super().backward(torch.log(losses + self.eps), ctx)
 
-    def aggregate(self, grads: Tensor) -> Aggregation:
+    def aggregate(self, grads: Tensor, losses: Tensor) -> Aggregation:
         if self.ema_grads.numel() == 0:
             self.ema_grads = torch.zeros_like(grads)
         elif self.ema_grads.shape != grads.shape:

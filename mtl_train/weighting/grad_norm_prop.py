@@ -32,9 +32,9 @@ def grad_norm_proportional_weights(gram: Tensor) -> Tensor:
 class GradNormProportional(GradientWeighting):
     """Weights proportional to the per-task gradient norms (see the module docstring)."""
 
-    def __init__(self, task_names: Sequence[str], mode: str = "params") -> None:
-        super().__init__(task_names, mode=mode)
+    def __init__(self, task_names: Sequence[str], mode: str = "params", jacobian: str = "auto") -> None:
+        super().__init__(task_names, mode=mode, jacobian=jacobian)
 
-    def aggregate(self, grads: Tensor) -> Aggregation:
+    def aggregate(self, grads: Tensor, losses: Tensor) -> Aggregation:
         weights = grad_norm_proportional_weights(gramian(grads)).to(grads.dtype)
         return weighted_sum(grads, weights)

@@ -10,7 +10,9 @@ while the model is updated with grad of sum_i w_i L_i (w held constant). After e
 renormalised to sum to the task count k. Defaults follow the paper: alpha = 1.5 (its NYUv2 setting), w(0) = 1,
 weights learned at lr 0.025, L_i(0) = the task losses of the first training step, and W = the last shared layer
 (``gradient_params="last_shared_layer"``; ``"shared"`` takes the norms over every shared parameter, as LibMTL
-does, at the cost of k backward passes through the trunk).
+does, at the cost of k backward passes through the trunk, batched into one where that pays: ``jacobian``, see
+:mod:`mtl_train.weighting.gradients`). The per-task gradients come from the gradient engine: k backwards through the
+heads to the shared representation z, then through the trunk from z down to W.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import Tensor, nn
 
 from mtl_train.errors import ConfigError
 from mtl_train.weighting.base import StepContext, Weighting
-from mtl_train.weighting.gradients import task_gradient_matrix
+from mtl_train.weighting.gradients import TrunkJacobian, representation_gradients
 
 
 def gradnorm_loss(weights: Tensor, grads: Tensor, loss_ratios: Tensor, alpha: float) -> Tensor:
@@ -43,6 +45,7 @@ class GradNorm(Weighting):
         alpha: float = 1.5,
         lr: float | None = 0.025,
         gradient_params: str = "last_shared_layer",
+        jacobian: str = "auto",
     ) -> None:
         super().__init__(task_names, lr=lr)
         if not alpha >= 0:
@@ -51,19 +54,22 @@ class GradNorm(Weighting):
             raise ConfigError(f"weighting.gradient_params must be 'last_shared_layer' or 'shared', got {gradient_params!r}")
         self.alpha = alpha
         self.gradient_params = gradient_params
+        self.trunk_jacobian = TrunkJacobian(jacobian)
         self.weights = nn.Parameter(torch.ones(len(self.task_names)))
         self.register_buffer("initial_losses", torch.zeros(len(self.task_names)))
         self.register_buffer("has_initial_losses", torch.tensor(False))
 
     def backward(self, losses: Tensor, ctx: StepContext) -> Tensor:
-        if not self.has_initial_losses:
-            self.initial_losses.copy_(losses.detach())
-            self.has_initial_losses.fill_(True)
+        # L_i(0) = the first step's losses (torch.where: no host synchronisation)
+        self.initial_losses.copy_(torch.where(self.has_initial_losses, self.initial_losses, losses.detach()))
+        self.has_initial_losses.fill_(True)
         if self.gradient_params == "shared":
             params = ctx.model.shared_parameters()
         else:
             params = list(ctx.model.last_shared_layer().parameters())
-        grads, _, _ = ctx.distributed.task_gradients(task_gradient_matrix(ctx.scale(losses), params), per_sample=False)
+        z = ctx.shared_representation
+        rows, _ = representation_gradients(ctx.scale(losses), z, [[] for _ in self.task_names])
+        grads, _, _ = ctx.distributed.task_gradients(self.trunk_jacobian(z, params, rows), per_sample=False)
         loss_ratios = losses.detach() / self.initial_losses
         gradnorm_loss(self.weights, grads, loss_ratios, self.alpha).backward()
         weights = self.weights.detach()

@@ -91,8 +91,9 @@ class GradVac(GradientWeighting):
         seed: int = 0,
         eps: float = 1e-8,
         mode: str = "params",
+        jacobian: str = "auto",
     ) -> None:
-        super().__init__(task_names, mode=mode)
+        super().__init__(task_names, mode=mode, jacobian=jacobian)
         if not 0 <= beta <= 1:
             raise ConfigError(f"weighting.beta must be in [0, 1], got {beta}")
         if ema_update not in EMA_UPDATES:
@@ -111,7 +112,7 @@ class GradVac(GradientWeighting):
     def set_extra_state(self, state: dict) -> None:
         self.generator.set_state(state["generator"].cpu())
 
-    def aggregate(self, grads: Tensor) -> Aggregation:
+    def aggregate(self, grads: Tensor, losses: Tensor) -> Aggregation:
         order = random_pair_order(self.num_tasks, self.generator)
         weights, targets = gradvac_weights(grads @ grads.T, self.targets, order, self.beta, self.ema_update, self.eps)
         self.targets.copy_(targets)

@@ -67,15 +67,16 @@ class IMTL(GradientWeighting):
         task_names: Sequence[str],
         loss_balance: bool = True,
         mode: str = "params",
+        jacobian: str = "auto",
         lr: float | None = None,
     ) -> None:
-        super().__init__(task_names, mode=mode, lr=lr)
+        super().__init__(task_names, mode=mode, jacobian=jacobian, lr=lr)
         if not isinstance(loss_balance, bool):
             raise ConfigError(f"weighting.loss_balance must be true or false, got {loss_balance!r}")
         self.loss_balance = loss_balance
         self.log_scales = nn.Parameter(torch.zeros(len(self.task_names))) if loss_balance else None
 
-    def aggregate(self, grads: Tensor) -> Aggregation:
+    def aggregate(self, grads: Tensor, losses: Tensor) -> Aggregation:
         return weighted_sum(grads, imtl_g_weights(gramian(grads)).to(grads.dtype))
 
     def backward(self, losses: Tensor, ctx: StepContext) -> Tensor:

@@ -10,20 +10,22 @@ gradients. The weights alpha (sum 1) are returned.
 
 Solver (:func:`mgda_weights`, on the Gramian M = G G^T only): k = 2 uses the closed form
 alpha_1 = clip((g2 - g1)^T g2 / ||g1 - g2||^2, 0, 1); we clip to [0, 1] (exact), while Sener's code clips to
-[0.001, 0.999]. k > 2 uses Frank-Wolfe from alpha = 1/k with an exact two-point line search, ``max_iter`` = 250 and
-``tol`` = 1e-5 (Sener's MAX_ITER / STOP_CRIT), with away steps added
-(:func:`mtl_train.weighting.solvers.frank_wolfe_simplex`): plain Frank-Wolfe is ~1e-3 off in the min norm after 250
-iterations whenever the solution lies on a face of the simplex. (Sener's code starts from the best pair and by
-default runs a projected-gradient variant; LibMTL copies that.)
+[0.001, 0.999]. 2 < k <= 8: exactly, by enumerating the supports of alpha (one batched solve of the 2^k bordered
+systems [[M_SS, -1], [1^T, 0]] [alpha_S; lambda] = [0; 1], the best feasible candidate wins); larger k: a primal-dual
+interior-point method on the simplex with a fixed number of ``iterations`` (default 15), which reaches the min norm to
+~1e-12 (relative to the mean squared gradient norm) within 15 iterations (both in
+:mod:`mtl_train.weighting.solvers`; neither synchronises with the host). (Sener's code runs up to MAX_ITER = 250
+iterations of a projected-gradient variant started from the best pair, stopping at STOP_CRIT = 1e-5 with a
+host-side test; LibMTL copies that; plain Frank-Wolfe is ~1e-3 off in the min norm after 250 iterations whenever the
+solution lies on a face of the simplex.)
 
 ``normalization`` rescales each g_t by n_t before solving (optional, "not included in the paper"):
 ``none`` (n_t = 1, LibMTL's default), ``l2`` (n_t = ||g_t||), ``loss`` (n_t = L_t) or ``loss+`` (n_t = L_t ||g_t||,
 the setting in Sener's sample config and Kurin et al.). As in Sener's code, alpha is solved on the normalised
 gradients and then applied to the *raw* ones (his training loop backpropagates sum_t alpha_t L_t), so
 d = sum_t alpha_t g_t and the reported weights are alpha. (LibMTL applies alpha to the normalised gradients in
-``rep_grad=False`` mode, i.e. effective weights alpha_t / n_t.) The ``loss`` variants need the losses:
-:meth:`MGDA.backward` stashes the detached task losses for the duration of the step, and a direct caller passes
-them explicitly as ``aggregate(grads, losses=...)``. Losses are floored at 1e-12 before dividing.
+``rep_grad=False`` mode, i.e. effective weights alpha_t / n_t.) The ``loss`` variants read the step's detached losses,
+which every ``aggregate(grads, losses)`` receives. Losses are floored at 1e-12 before dividing.
 
 Default ``mode = "rep"``: MGDA-UB, the same problem on the gradients w.r.t. the shared representation z (Sener's
 upper bound; k cheap head backwards and one trunk backward); ``mode = "params"`` is plain MGDA on the shared
@@ -38,14 +40,13 @@ import torch
 from torch import Tensor
 
 from mtl_train.errors import ConfigError
-from mtl_train.weighting.base import StepContext
 from mtl_train.weighting.gradient_based import Aggregation, GradientWeighting, weighted_sum
 from mtl_train.weighting.solvers import gramian, min_norm_point
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 
 
-def gradient_normalizers(gram: Tensor, normalization: str, losses: Tensor | None = None) -> Tensor:
+def gradient_normalizers(gram: Tensor, normalization: str, losses: Tensor) -> Tensor:
     """The ``(k,)`` factors n_t that g_t is divided by before solving (Sener's ``gradient_normalizers``), from the
     Gramian (for the norms ||g_t|| = sqrt(M_tt)) and, for ``loss`` / ``loss+``, the task losses."""
     if normalization not in NORMALIZATIONS:
@@ -55,15 +56,13 @@ def gradient_normalizers(gram: Tensor, normalization: str, losses: Tensor | None
         return torch.ones_like(norms)
     if normalization == "l2":
         return norms
-    if losses is None:
-        raise ValueError(f"normalization={normalization!r} needs the task losses")
     losses = losses.detach().to(gram).clamp_min(1e-12)
     return losses if normalization == "loss" else losses * norms
 
 
-def mgda_weights(gram: Tensor, max_iter: int = 250, tol: float = 1e-5) -> Tensor:
+def mgda_weights(gram: Tensor, iterations: int = 15) -> Tensor:
     """The min-norm weights alpha (on the simplex) of the gradients whose Gramian is ``gram`` (k x k)."""
-    return min_norm_point(gram, max_iter=max_iter, tol=tol)
+    return min_norm_point(gram, iterations)
 
 
 class MGDA(GradientWeighting):
@@ -74,33 +73,22 @@ class MGDA(GradientWeighting):
         task_names: Sequence[str],
         normalization: str = "none",
         mode: str = "rep",
-        max_iter: int = 250,
-        tol: float = 1e-5,
+        iterations: int = 15,
+        jacobian: str = "auto",
     ) -> None:
-        super().__init__(task_names, mode=mode)
+        super().__init__(task_names, mode=mode, jacobian=jacobian)
         if normalization not in NORMALIZATIONS:
             raise ConfigError(f"weighting.normalization must be one of {', '.join(NORMALIZATIONS)}, "
                               f"got {normalization!r}")
-        if not (isinstance(max_iter, int) and max_iter >= 1):
-            raise ConfigError(f"weighting.max_iter must be an integer >= 1, got {max_iter!r}")
-        if not tol >= 0:
-            raise ConfigError(f"weighting.tol must be >= 0, got {tol}")
+        if not (isinstance(iterations, int) and iterations >= 1):
+            raise ConfigError(f"weighting.iterations must be an integer >= 1, got {iterations!r}")
         self.normalization = normalization
-        self.max_iter = max_iter
-        self.tol = tol
-        self._losses: Tensor | None = None
+        self.iterations = iterations
 
-    def backward(self, losses: Tensor, ctx: StepContext) -> Tensor:
-        self._losses = losses.detach()
-        try:
-            return super().backward(losses, ctx)
-        finally:
-            self._losses = None
-
-    def aggregate(self, grads: Tensor, losses: Tensor | None = None) -> Aggregation:
+    def aggregate(self, grads: Tensor, losses: Tensor) -> Aggregation:
         gram = gramian(grads)
-        normalizers = gradient_normalizers(gram, self.normalization, self._losses if losses is None else losses)
+        normalizers = gradient_normalizers(gram, self.normalization, losses)
         # Gramian of the normalised rows g_t / n_t (a zero norm only happens for a zero row, which stays zero)
         safe = torch.where(normalizers > 0, normalizers, torch.ones_like(normalizers))
-        alpha = mgda_weights(gram / torch.outer(safe, safe), max_iter=self.max_iter, tol=self.tol)
+        alpha = mgda_weights(gram / torch.outer(safe, safe), self.iterations)
         return weighted_sum(grads, alpha.to(grads.dtype))

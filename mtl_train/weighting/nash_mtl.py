@@ -122,8 +122,9 @@ class NashMTL(GradientWeighting):
         iterations: int = 20,
         eps: float = 1e-8,
         mode: str = "params",
+        jacobian: str = "auto",
     ) -> None:
-        super().__init__(task_names, mode=mode)
+        super().__init__(task_names, mode=mode, jacobian=jacobian)
         if not (isinstance(update_weights_every, int) and update_weights_every >= 1):
             raise ConfigError(f"weighting.update_weights_every must be an integer >= 1, got {update_weights_every!r}")
         if max_norm is not None and not max_norm >= 0:
@@ -146,7 +147,7 @@ class NashMTL(GradientWeighting):
     def set_extra_state(self, state: dict) -> None:
         self.calls = int(state["calls"])
 
-    def aggregate(self, grads: Tensor) -> Aggregation:
+    def aggregate(self, grads: Tensor, losses: Tensor) -> Aggregation:
         alpha, alpha_normalized = nash_mtl_weights(grads @ grads.T, self.alpha_normalized, self.iterations, self.eps)
         self.alpha.copy_(alpha)
         self.alpha_normalized.copy_(alpha_normalized)
@@ -162,12 +163,10 @@ class NashMTL(GradientWeighting):
         return self._backward_with_previous_weights(losses, ctx)
 
     def _backward_with_previous_weights(self, losses: Tensor, ctx: StepContext) -> Tensor:
-        """One backward of sum_i alpha_i L_i (the previous alpha) into the shared part, clipped like ``aggregate``;
-        task-specific parameters get their own unweighted gradients."""
-        shared = self.shared_tensors(ctx)
-        alpha = self.alpha.to(losses.dtype)
-        parts = torch.autograd.grad(ctx.scale((alpha * losses).sum()), shared, retain_graph=True, allow_unused=True)
-        flat = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(shared, parts)])
-        factor = clip_factor(flat.float().norm() / ctx.loss_scale, self.max_norm)
-        self.apply_direction(losses, ctx, shared, flat * factor.to(flat.dtype))
+        """The shared part gets sum_i alpha_i g_i with the previous alpha (one backward through the trunk), clipped like
+        ``aggregate``; task-specific parameters get their own unweighted gradients."""
+        combined = self.task_gradients(losses, ctx, combine=self.alpha.unsqueeze(0)) / ctx.loss_scale
+        combined, own, back_factor = ctx.distributed.task_gradients(combined, per_sample=self.mode == "rep")
+        factor = clip_factor(combined.float().norm(), self.max_norm)
+        self.apply_direction(ctx, combined[0, own] * (factor * ctx.loss_scale * back_factor).to(combined.dtype))
         return (self.alpha * factor).detach()

@@ -76,8 +76,9 @@ def pcgrad(grads: Tensor, generator: torch.Generator | None = None, reduction: s
 class PCGrad(GradientWeighting):
     """Projecting conflicting gradients (see the module docstring)."""
 
-    def __init__(self, task_names: Sequence[str], reduction: str = "sum", seed: int = 0, mode: str = "params") -> None:
-        super().__init__(task_names, mode=mode)
+    def __init__(self, task_names: Sequence[str], reduction: str = "sum", seed: int = 0, mode: str = "params",
+                 jacobian: str = "auto") -> None:
+        super().__init__(task_names, mode=mode, jacobian=jacobian)
         if reduction not in REDUCTIONS:
             raise ConfigError(f"weighting.reduction must be 'sum' or 'mean', got {reduction!r}")
         if not isinstance(seed, int) or isinstance(seed, bool):
@@ -86,7 +87,7 @@ class PCGrad(GradientWeighting):
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
 
-    def aggregate(self, grads: Tensor) -> Aggregation:
+    def aggregate(self, grads: Tensor, losses: Tensor) -> Aggregation:
         return pcgrad(grads, self.generator, self.reduction)
 
     def get_extra_state(self) -> dict[str, Any]:

@@ -12,7 +12,8 @@ convex; the weights apply to the unnormalised J. The pref vector is 1/k (the mea
 
 Solver. torchjd solves each QP with quadprog on the CPU. Here the k problems
 min_x 1/2 x^T M x + (M u_i)^T x s.t. x >= 0 (v = u_i + x) are solved together in torch, in float64 on the
-gradients' device (:func:`nonnegative_qp`): a fixed number of Mehrotra predictor-corrector interior-point
+gradients' device (:func:`nonnegative_qp`): up to 8 tasks exactly, by enumerating the supports (one batched solve,
+:mod:`mtl_train.weighting.solvers`); above, a fixed number of Mehrotra predictor-corrector interior-point
 iterations (default 20), then an active-set polish (the equality-constrained solve on the identified free set,
 kept where it satisfies the KKT conditions, i.e. exact up to rounding). No host synchronisation. On 600 random
 and degenerate (rank-1, nearly opposite rows) problems with k <= 10 the v_i match a brute-force active-set
@@ -28,22 +29,28 @@ from torch import Tensor
 
 from mtl_train.errors import ConfigError
 from mtl_train.weighting.gradient_based import Aggregation, GradientWeighting
+from mtl_train.weighting.solvers import (
+    ENUMERATION_MAX_TASKS,
+    TO_BOUNDARY,
+    best_feasible,
+    max_step,
+    solve_on_supports,
+    supports,
+)
 
-_TO_BOUNDARY = 0.99
 _POLISH_ROUNDS = 3
-
-
-def _max_step(values: Tensor, steps: Tensor, fraction: float = _TO_BOUNDARY) -> Tensor:
-    """Per row, min(1, fraction * the step length at which values + t * steps first reaches 0)."""
-    ratios = torch.where(steps < 0, -values / steps.clamp(max=-1e-300), torch.full_like(values, float("inf")))
-    return (fraction * ratios.amin(-1, keepdim=True)).clamp(max=1.0)
 
 
 def nonnegative_qp(matrix: Tensor, linear: Tensor, iterations: int = 20) -> Tensor:
     """x >= 0 minimising 1/2 x^T Q x + c^T x for a symmetric positive-definite ``matrix`` Q (k, k) and a batch of
-    linear terms ``linear`` c (b, k); returns x (b, k). Mehrotra predictor-corrector interior point (``iterations``
-    steps) followed by an active-set polish; no host synchronisation."""
+    linear terms ``linear`` c (b, k); returns x (b, k). Up to ``ENUMERATION_MAX_TASKS`` tasks by support enumeration
+    (on support S, Q_SS x_S = -c_S; the empty support is x = 0), else Mehrotra predictor-corrector interior point
+    (``iterations`` steps) followed by an active-set polish; no host synchronisation."""
     batch, k = linear.shape
+    if k <= ENUMERATION_MAX_TASKS:
+        candidates = solve_on_supports(matrix, -linear.T, supports(k, matrix.device)).transpose(1, 2)  # (2^k, b, k)
+        objective = (0.5 * (candidates @ matrix) * candidates + linear * candidates).sum(-1)
+        return best_feasible(candidates, objective)
     eye = torch.eye(k, dtype=matrix.dtype, device=matrix.device)
     scale = torch.diagonal(matrix).mean().clamp_min(1e-300)
     x = torch.full_like(linear, 0.1 / k)  # a start that worked best on random and degenerate k <= 10 problems
@@ -60,11 +67,11 @@ def nonnegative_qp(matrix: Tensor, linear: Tensor, iterations: int = 20) -> Tens
             return dx, (complementarity - s * dx) / x
 
         dx_aff, ds_aff = newton(-x * s)
-        t_aff = torch.minimum(_max_step(x, dx_aff, 1.0), _max_step(s, ds_aff, 1.0))
+        t_aff = torch.minimum(max_step(x, dx_aff, 1.0), max_step(s, ds_aff, 1.0))
         mu_aff = ((x + t_aff * dx_aff) * (s + t_aff * ds_aff)).mean(-1, keepdim=True)
         sigma = (mu_aff / mu.clamp_min(1e-300)).clamp(0.0, 1.0) ** 3
         dx, ds = newton(-x * s - dx_aff * ds_aff + sigma * mu)
-        t = torch.minimum(_max_step(x, dx), _max_step(s, ds))
+        t = torch.minimum(max_step(x, dx, TO_BOUNDARY), max_step(s, ds, TO_BOUNDARY))
         x = x + t * dx
         s = s + t * ds
     # Active-set polish, a few primal-dual active-set (PDAS) rounds started from the interior point: on the free set
@@ -119,8 +126,9 @@ class UPGrad(GradientWeighting):
         reg_eps: float = 1e-4,
         iterations: int = 20,
         mode: str = "params",
+        jacobian: str = "auto",
     ) -> None:
-        super().__init__(task_names, mode=mode)
+        super().__init__(task_names, mode=mode, jacobian=jacobian)
         if not norm_eps >= 0:
             raise ConfigError(f"weighting.norm_eps must be >= 0, got {norm_eps}")
         if not reg_eps > 0:
@@ -131,6 +139,6 @@ class UPGrad(GradientWeighting):
         self.reg_eps = reg_eps
         self.iterations = iterations
 
-    def aggregate(self, grads: Tensor) -> Aggregation:
+    def aggregate(self, grads: Tensor, losses: Tensor) -> Aggregation:
         weights = upgrad_weights(grads @ grads.T, self.norm_eps, self.reg_eps, self.iterations)
         return Aggregation(weights @ grads, weights)

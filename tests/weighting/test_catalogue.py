@@ -29,10 +29,11 @@ def test_rule_is_invariant_to_how_rows_are_flattened(name: str) -> None:
     torch.manual_seed(0)
     grads = torch.randn(len(TASKS), 40)
     grads[1] -= 1.5 * grads[0]  # make a conflict
+    losses = torch.tensor([0.5, 1.0, 2.0])
     permutation = torch.randperm(grads.shape[1])
     first, second = build(name), build(name)
-    direct = first.aggregate(grads)
-    permuted = second.aggregate(grads[:, permutation])
+    direct = first.aggregate(grads, losses)
+    permuted = second.aggregate(grads[:, permutation], losses)
     assert direct.direction.shape == (grads.shape[1],) and direct.weights.shape == (len(TASKS),)
     assert torch.isfinite(direct.direction).all() and torch.isfinite(direct.weights).all()
     torch.testing.assert_close(permuted.direction, direct.direction[permutation], rtol=1e-4, atol=1e-5)

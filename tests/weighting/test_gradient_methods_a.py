@@ -27,6 +27,11 @@ def tensor(rows: list[list[float]]) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.float32)
 
 
+def unit_losses(grads: torch.Tensor) -> torch.Tensor:
+    """Losses of 1, one per row of ``grads`` (for rules that do not read the losses)."""
+    return torch.ones(grads.shape[0])
+
+
 def simplex_grid(k: int, n: int) -> torch.Tensor:
     """All points of the simplex in R^k (k = 2 or 3) with coordinates in multiples of 1/n, float64."""
     i = torch.arange(n + 1, dtype=torch.float64)
@@ -43,13 +48,13 @@ def simplex_grid(k: int, n: int) -> torch.Tensor:
 
 def test_grad_norm_prop_worked_example() -> None:
     """Norms 0.8 and 0.2 -> weights 0.8 / 1.0 and 0.2 / 1.0; direction 0.8 g1 + 0.2 g2 = (0.64, 0.04)."""
-    out = GradNormProportional(T2).aggregate(tensor([[0.8, 0.0], [0.0, 0.2]]))
+    out = GradNormProportional(T2).aggregate(tensor([[0.8, 0.0], [0.0, 0.2]]), torch.ones(2))
     assert out.weights.tolist() == pytest.approx([0.8, 0.2])
     assert out.direction.tolist() == pytest.approx([0.64, 0.04])
 
 
 def test_grad_norm_prop_all_zero_gradients_is_uniform() -> None:
-    out = GradNormProportional(T2).aggregate(torch.zeros(2, 3))
+    out = GradNormProportional(T2).aggregate(torch.zeros(2, 3), torch.ones(2))
     assert out.weights.tolist() == [0.5, 0.5] and out.direction.abs().sum() == 0
 
 
@@ -64,14 +69,14 @@ def test_min_norm_two_points_line_search() -> None:
 
 
 def test_mgda_two_task_closed_form_orthogonal() -> None:
-    out = MGDA(T2).aggregate(tensor([[1, 0], [0, 1]]))
+    out = MGDA(T2).aggregate(tensor([[1, 0], [0, 1]]), torch.ones(2))
     assert out.weights.tolist() == pytest.approx([0.5, 0.5])
     assert out.direction.tolist() == pytest.approx([0.5, 0.5])
 
 
 def test_mgda_two_task_closed_form_interior() -> None:
     """g1 = (1, 0), g2 = (0, 2): alpha_1 = (g2 - g1).g2 / ||g1 - g2||^2 = 4/5; d = (0.8, 0.4), <d, g1> = <d, g2>."""
-    out = MGDA(T2).aggregate(tensor([[1, 0], [0, 2]]))
+    out = MGDA(T2).aggregate(tensor([[1, 0], [0, 2]]), torch.ones(2))
     assert out.weights.tolist() == pytest.approx([0.8, 0.2])
     assert out.direction.tolist() == pytest.approx([0.8, 0.4])
 
@@ -79,13 +84,13 @@ def test_mgda_two_task_closed_form_interior() -> None:
 def test_mgda_two_task_clip_active() -> None:
     """g1 = (1, 0), g2 = (2, 1): (g2 - g1).g2 / ||g1 - g2||^2 = 3/2, clipped to 1 -> alpha = (1, 0), d = g1
     (Sener's code would give 0.999)."""
-    out = MGDA(T2).aggregate(tensor([[1, 0], [2, 1]]))
+    out = MGDA(T2).aggregate(tensor([[1, 0], [2, 1]]), torch.ones(2))
     assert out.weights.tolist() == [1.0, 0.0]
     assert out.direction.tolist() == [1.0, 0.0]
 
 
 def test_mgda_identical_gradients() -> None:
-    out = MGDA(T2).aggregate(tensor([[1, 2], [1, 2]]))
+    out = MGDA(T2).aggregate(tensor([[1, 2], [1, 2]]), torch.ones(2))
     assert out.weights.tolist() == [0.5, 0.5] and out.direction.tolist() == pytest.approx([1.0, 2.0])
 
 
@@ -93,7 +98,7 @@ def test_mgda_identical_gradients() -> None:
 def test_mgda_frank_wolfe_matches_a_brute_force_grid(seed: int) -> None:
     generator = torch.Generator().manual_seed(seed)
     grads = torch.randn(3, 5, generator=generator) + torch.randn(1, 5, generator=generator) * (seed / 4)
-    out = MGDA(T3).aggregate(grads)
+    out = MGDA(T3).aggregate(grads, unit_losses(grads))
     assert out.weights.min() >= 0 and out.weights.sum().item() == pytest.approx(1.0)
     assert torch.allclose(out.direction, out.weights @ grads, atol=1e-6)
     grid_min = (simplex_grid(3, 400) @ grads.double()).norm(dim=1).min().item()
@@ -129,14 +134,12 @@ def test_mgda_k5_is_stationary() -> None:
 def test_mgda_normalizations(normalization: str, losses: list[float] | None, weights: list[float],
                              direction: list[float]) -> None:
     method = MGDA(T2, normalization=normalization)
-    out = method.aggregate(tensor([[2, 0], [0, 1]]), losses=None if losses is None else torch.tensor(losses))
+    out = method.aggregate(tensor([[2, 0], [0, 1]]), torch.ones(2) if losses is None else torch.tensor(losses))
     assert out.weights.tolist() == pytest.approx(weights)
     assert out.direction.tolist() == pytest.approx(direction)
 
 
-def test_mgda_loss_normalization_needs_losses_and_validates_options() -> None:
-    with pytest.raises(ValueError, match="needs the task losses"):
-        MGDA(T2, normalization="loss").aggregate(tensor([[2, 0], [0, 1]]))
+def test_mgda_validates_options() -> None:
     with pytest.raises(ConfigError, match="weighting.normalization"):
         MGDA(T2, normalization="bogus")
     with pytest.raises(ConfigError, match="weighting.mode"):
@@ -153,15 +156,15 @@ def test_pcgrad_conflicting_pair_hand_computed() -> None:
     coefficients = pcgrad_coefficients(gramian(grads), random_orders(2))
     projected = coefficients.float() @ grads
     assert projected.tolist() == [pytest.approx([0.5, 0.5]), pytest.approx([0.0, 1.0])]
-    out = PCGrad(T2).aggregate(grads)
+    out = PCGrad(T2).aggregate(grads, unit_losses(grads))
     assert out.direction.tolist() == pytest.approx([0.5, 1.5])
     assert out.weights.tolist() == pytest.approx([2.0, 1.5])
-    mean = PCGrad(T2, reduction="mean").aggregate(grads)
+    mean = PCGrad(T2, reduction="mean").aggregate(grads, unit_losses(grads))
     assert mean.direction.tolist() == pytest.approx([0.25, 0.75])
 
 
 def test_pcgrad_non_conflicting_pair_is_the_plain_sum() -> None:
-    out = PCGrad(T2).aggregate(tensor([[1, 0], [1, 1]]))
+    out = PCGrad(T2).aggregate(tensor([[1, 0], [1, 1]]), torch.ones(2))
     assert out.weights.tolist() == [1.0, 1.0] and out.direction.tolist() == [2.0, 1.0]
 
 
@@ -200,12 +203,12 @@ def test_pcgrad_orders_exclude_self_and_are_reproducible() -> None:
 def test_pcgrad_generator_state_is_checkpointed() -> None:
     grads = torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
     method = PCGrad(["a", "b", "c", "d"], seed=5)
-    method.aggregate(grads)
+    method.aggregate(grads, unit_losses(grads))
     state = method.state_dict()
-    expected = [method.aggregate(grads).weights for _ in range(3)]
+    expected = [method.aggregate(grads, unit_losses(grads)).weights for _ in range(3)]
     restored = PCGrad(["a", "b", "c", "d"], seed=0)
     restored.load_state_dict(state)
-    assert all(torch.equal(restored.aggregate(grads).weights, w) for w in expected)
+    assert all(torch.equal(restored.aggregate(grads, unit_losses(grads)).weights, w) for w in expected)
 
 
 # ---------------------------------------------------------------------------------------------------- CAGrad
@@ -213,7 +216,7 @@ def test_pcgrad_generator_state_is_checkpointed() -> None:
 
 def test_cagrad_with_c_zero_is_the_mean_gradient() -> None:
     grads = torch.randn(3, 7, generator=torch.Generator().manual_seed(0))
-    out = CAGrad(T3, c=0.0).aggregate(grads)
+    out = CAGrad(T3, c=0.0).aggregate(grads, unit_losses(grads))
     assert out.weights.tolist() == pytest.approx([1 / 3] * 3, abs=1e-7)
     assert torch.allclose(out.direction, grads.mean(0), atol=1e-7)
 
@@ -224,7 +227,7 @@ CONFLICT = tensor([[1, 0], [-2, 1]])  # g0 = (-0.5, 0.5): <g1, g0> = -0.5 < 0
 @pytest.mark.parametrize("c", [0.1, 0.4, 0.9])
 def test_cagrad_stays_in_the_ball_and_helps_the_worst_task(c: float) -> None:
     g0 = CONFLICT.mean(0)
-    out = CAGrad(T2, c=c).aggregate(CONFLICT)
+    out = CAGrad(T2, c=c).aggregate(CONFLICT, unit_losses(CONFLICT))
     unscaled = out.direction * (1 + c * c)
     assert (unscaled - g0).norm().item() <= c * g0.norm().item() + 1e-5
     assert (CONFLICT @ out.direction).min() > (CONFLICT @ g0).min()
@@ -253,6 +256,14 @@ def test_cagrad_dual_matches_a_brute_force_grid(seed: int, c: float) -> None:
     assert dual_objective(w, gram, c).item() <= grid + 1e-9
 
 
+def test_cagrad_is_finite_when_the_gradients_are_pareto_stationary() -> None:
+    """0 in the convex hull and c >= 1: the dual's optimum is the kink g_w = 0, where d is undefined; the weights stay
+    finite and the update stays finite."""
+    grads = tensor([[1, 0], [-1, 0], [0, 1], [0, -1]])
+    out = CAGrad(["a", "b", "c", "d"], c=2.0).aggregate(grads, unit_losses(grads))
+    assert torch.isfinite(out.weights).all() and torch.isfinite(out.direction).all()
+
+
 def test_cagrad_without_rescale() -> None:
     gram = gramian(CONFLICT)
     assert torch.allclose(cagrad_weights(gram, 0.4, rescale=False) / 1.16, cagrad_weights(gram, 0.4, rescale=True))
@@ -263,14 +274,14 @@ def test_cagrad_without_rescale() -> None:
 
 def test_imtl_g_two_tasks_hand_computed() -> None:
     """g1 = (1, 0), g2 = (0, 2): d = (a1, 2 a2) projects equally on u1 = (1, 0), u2 = (0, 1) iff a1 = 2 a2."""
-    out = IMTL(T2, loss_balance=False).aggregate(tensor([[1, 0], [0, 2]]))
+    out = IMTL(T2, loss_balance=False).aggregate(tensor([[1, 0], [0, 2]]), torch.ones(2))
     assert out.weights.tolist() == pytest.approx([2 / 3, 1 / 3])
     assert out.direction.tolist() == pytest.approx([2 / 3, 2 / 3])
 
 
 def test_imtl_g_equal_projections_on_random_gradients() -> None:
     grads = torch.randn(3, 10, generator=torch.Generator().manual_seed(0))
-    out = IMTL(T3).aggregate(grads)
+    out = IMTL(T3).aggregate(grads, unit_losses(grads))
     assert out.weights.sum().item() == pytest.approx(1.0, abs=1e-6)
     projections = (grads / grads.norm(dim=1, keepdim=True)) @ out.direction
     assert torch.allclose(projections, projections.mean().expand(3), atol=1e-5)
@@ -300,7 +311,7 @@ def model_losses(model: MultiTaskModel) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_imtl_backward_trains_the_log_scales_and_weights_the_shared_update() -> None:
     model = tiny_model()
-    losses, _ = model_losses(model)
+    losses, z = model_losses(model)
     method = IMTL(T2)
     with torch.no_grad():
         method.log_scales.copy_(torch.tensor([0.5, -0.3]))
@@ -308,7 +319,8 @@ def test_imtl_backward_trains_the_log_scales_and_weights_the_shared_update() -> 
     scales = torch.tensor([0.5, -0.3]).exp()
     grads = task_gradient_matrix(losses * scales, shared)
     alpha = imtl_g_weights(gramian(grads)).float()
-    weights = method.backward(losses, StepContext(model=model, step=0, scale=lambda loss: loss))
+    weights = method.backward(losses, StepContext(model=model, step=0, scale=lambda loss: loss,
+                                                  shared_representation=z))
 
     assert torch.allclose(method.log_scales.grad, scales * losses.detach() - 1, atol=1e-6)  # e^s L - 1
     assert torch.allclose(weights, alpha * scales, atol=1e-5)
@@ -322,9 +334,10 @@ def test_imtl_backward_trains_the_log_scales_and_weights_the_shared_update() -> 
 
 def test_imtl_backward_scales_the_log_scale_gradient_like_the_loss() -> None:
     model = tiny_model()
-    losses, _ = model_losses(model)
+    losses, z = model_losses(model)
     method = IMTL(T2)
-    method.backward(losses, StepContext(model=model, step=0, scale=lambda loss: 8.0 * loss, loss_scale=8.0))
+    method.backward(losses, StepContext(model=model, step=0, scale=lambda loss: 8.0 * loss, loss_scale=8.0,
+                                        shared_representation=z))
     assert torch.allclose(method.log_scales.grad, 8.0 * (losses.detach() - 1), atol=1e-5)
 
 
@@ -348,8 +361,8 @@ def test_invariant_to_how_rows_are_flattened(name: str) -> None:
     grads = torch.randn(3, 50, generator=generator)
     grads[1] -= 0.8 * grads[0]  # some conflict
     permutation = torch.randperm(50, generator=generator)
-    direct = methods()[name]().aggregate(grads)
-    permuted = methods()[name]().aggregate(grads[:, permutation])
+    direct = methods()[name]().aggregate(grads, unit_losses(grads))
+    permuted = methods()[name]().aggregate(grads[:, permutation], unit_losses(grads))
     assert torch.allclose(permuted.direction, direct.direction[permutation], atol=1e-5)
     assert torch.allclose(permuted.weights, direct.weights, atol=1e-5)
     assert torch.allclose(direct.direction, direct.weights @ grads, atol=1e-5)
@@ -365,7 +378,7 @@ def test_backward_on_a_model_sets_the_shared_gradient(name: str, mode: str) -> N
     method = cls(T2, mode=mode, **kwargs)
     target = [z] if mode == "rep" else model.shared_parameters()
     grads = task_gradient_matrix(losses, target)
-    expected = method.aggregate(grads, losses=losses.detach()) if name == "mgda" else method.aggregate(grads)
+    expected = method.aggregate(grads, losses.detach())
     if name == "pcgrad":
         method = cls(T2, mode=mode)  # fresh generator: the same orders as the expectation
     ctx = StepContext(model=model, step=0, scale=lambda loss: loss, shared_representation=z)

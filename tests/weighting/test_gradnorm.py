@@ -46,18 +46,24 @@ def tiny_model() -> MultiTaskModel:
     return MultiTaskModel(backbone, heads)
 
 
+def model_losses(model: MultiTaskModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """(losses, z) of one random batch, with z the representation the outputs were decoded from."""
+    x, y = torch.randn(8, 1, 16), torch.randint(0, 3, (8,))
+    z = model.encode(x)
+    outputs = model.decode(z, x)
+    return torch.stack([torch.nn.functional.cross_entropy(outputs[t], y) for t in ("a", "b")]), z
+
+
 def test_gradnorm_step_on_a_model() -> None:
     model = tiny_model()
-    x, y = torch.randn(8, 1, 16), torch.randint(0, 3, (8,))
-    outputs = model(x)
-    losses = torch.stack([torch.nn.functional.cross_entropy(outputs[t], y) for t in ("a", "b")])
+    losses, z = model_losses(model)
     method = GradNorm(["a", "b"], alpha=1.5)
     with torch.no_grad():
         method.weights.copy_(torch.tensor([1.5, 0.5]))
     layer = list(model.last_shared_layer().parameters())
     expected_model_grad = task_gradient_matrix(losses, layer).T @ torch.tensor([1.5, 0.5])
     grads = task_gradient_matrix(losses, layer)
-    ctx = StepContext(model=model, step=0, scale=lambda loss: loss)
+    ctx = StepContext(model=model, step=0, scale=lambda loss: loss, shared_representation=z)
     weights = method.backward(losses, ctx)
 
     assert weights.tolist() == [1.5, 0.5]
@@ -82,12 +88,10 @@ def test_last_shared_layer_is_the_last_shared_convolution() -> None:
 
 def test_gradnorm_over_all_shared_parameters_uses_their_norms() -> None:
     model = tiny_model()
-    x, y = torch.randn(8, 1, 16), torch.randint(0, 3, (8,))
-    outputs = model(x)
-    losses = torch.stack([torch.nn.functional.cross_entropy(outputs[t], y) for t in ("a", "b")])
+    losses, z = model_losses(model)
     norms = task_gradient_matrix(losses, model.shared_parameters()).norm(dim=1)
     method = GradNorm(["a", "b"], gradient_params="shared")
-    method.backward(losses, StepContext(model=model, step=0, scale=lambda loss: loss))
+    method.backward(losses, StepContext(model=model, step=0, scale=lambda loss: loss, shared_representation=z))
     # w = (1, 1), ratios 1: dL/dw_i = sign(n_i - mean(n)) * n_i
     assert torch.allclose(method.weights.grad, torch.sign(norms - norms.mean()) * norms, atol=1e-5)
 

@@ -1,0 +1,378 @@
+"""Time one training step of every weighting method, side by side, and check the performance targets.
+
+    python scripts/bench.py                       # k = 2, 4, 8; MultiLeNet and the ECG CNN; every method
+    python scripts/bench.py --quick               # a smoke run, well under a minute
+    python scripts/bench.py --tasks 4 --methods ew,mgda,pcgrad --setups lenet
+    python scripts/bench.py --device cuda --amp bf16
+
+Set-ups (classification heads only, random inputs and labels held in memory):
+
+* ``lenet``: Sener & Koltun's (NeurIPS 2018) MultiLeNet, ``configs/backbone/multi_lenet.yaml`` (Conv(1,10,5), pool,
+  ReLU, Conv(10,20,5), Dropout2d, pool, ReLU, Linear(320,50), ReLU) with k heads
+  ``configs/heads/multi_lenet_classification.yaml`` (Linear(50,50), ReLU, Dropout, Linear(50,10)), 28x28 inputs,
+  batch 256;
+* ``ecg``: the ECG CNN, ``configs/backbone/cnn1d.yaml`` (channels 16-32-64-64, kernel 7) with k
+  ``configs/heads/classification.yaml`` heads (4 classes), 2,500-sample inputs, batch 64.
+
+Every weighting method is built from its ``configs/weighting/*.yaml`` (gradient methods in each mode they offer)
+and driven through the project's own step, ``Trainer.train_step(inputs, targets)``, on a fresh copy of the same
+initial model and the same batch. Also timed, in the same interleaved loop:
+
+* ``hand-written``: forward, sum of cross-entropies, backward, Adam step; plain PyTorch on the same model and batch;
+* ``k backwards`` / ``jacobian <choice>``: the per-task gradients w.r.t. the shared parameters on one retained
+  graph, by k sequential ``autograd.grad`` calls from the losses (the naive engine,
+  ``mtl_train.weighting.gradients.task_gradient_matrix``) and by the project's engine (head backwards, then the
+  trunk batched or looped);
+* ``data``: cutting one batch from the in-memory training split (``Trainer._train_batches``).
+
+Each repetition runs a window of ``--steps`` steps of every entry (after ``--warmup`` steps each), rotating the
+order; a figure is the median over ``--repeats`` windows. Ratios are taken between medians of the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from mtl_train.cli import config_dir
+from mtl_train.data.base import MultiTaskData, TensorSplit
+from mtl_train.engine.acceleration import accelerate
+from mtl_train.engine.device import resolve_amp, resolve_device
+from mtl_train.engine.outputs import NullRunWriter
+from mtl_train.engine.trainer import Trainer, TrainerSettings
+from mtl_train.losses.cross_entropy import CrossEntropy
+from mtl_train.metrics.classification import ClassificationMetrics
+from mtl_train.model import MultiTaskModel
+from mtl_train.schedules.joint import JointSchedule
+from mtl_train.tasks import Task
+from mtl_train.utils.instantiate import instantiate
+from mtl_train.weighting.base import Weighting
+from mtl_train.weighting.gradient_based import GradientWeighting
+from mtl_train.weighting.gradients import TrunkJacobian, representation_gradients, task_gradient_matrix
+from mtl_train.weighting.gradnorm import GradNorm
+
+CONFIGS = Path(config_dir())
+METHODS = sorted(p.stem for p in (CONFIGS / "weighting").glob("*.yaml"))
+
+
+@dataclass(frozen=True)
+class Setup:
+    """A model and batch to time: backbone and head configs, input shape, classes, batch size."""
+
+    name: str
+    title: str
+    backbone: str
+    head: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    batch_size: int
+
+
+SETUPS = {
+    "lenet": Setup("MultiLeNet", "MultiLeNet (Sener & Koltun 2018), 28x28 inputs", "multi_lenet",
+                   "multi_lenet_classification", (1, 28, 28), 10, 256),
+    "ecg": Setup("ECG CNN", "ECG CNN (cnn1d), 2,500-sample inputs", "cnn1d", "classification", (1, 2500), 4, 64),
+}
+# Targets (checked here, never in timed tests).
+EW_VS_HAND = 1.05
+DATA_SHARE = 0.03
+LOSS_BASED_VS_EW = 1.05
+FAMO_VS_EW = 1.4
+REP_VS_EW = 1.25
+BATCHED_VS_LOOP = 0.6
+# Not loss-based in the sense of the target: they take per-task gradients, or extra head passes (mc_dropout).
+NOT_LOSS_BASED = {"famo", "gradnorm", "mc_dropout"}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", default="2,4,8", help="comma-separated task counts k")
+    parser.add_argument("--methods", default="all", help="comma-separated configs/weighting names, or all")
+    parser.add_argument("--setups", default="lenet,ecg", help=f"comma-separated, of {', '.join(SETUPS)}")
+    parser.add_argument("--repeats", type=int, default=5, help="timed windows per entry (the median is reported)")
+    parser.add_argument("--steps", type=int, default=5, help="steps per timed window")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per entry before the first window")
+    parser.add_argument("--batch-size", type=int, default=None, help="override every set-up's batch size")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    parser.add_argument("--amp", default="none", help="none | bf16 | fp16 (CUDA)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (default: torch's); use 1 on a machine other jobs share: "
+                             "OpenMP threads competing for busy cores can slow every step 20-fold")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="apply mtl_train.engine.acceleration.accelerate(channels_last=True) to the model")
+    parser.add_argument("--quick", action="store_true",
+                        help="k = 2, MultiLeNet at batch 64, 2 windows of 2 steps: a smoke run of every entry")
+    args = parser.parse_args()
+    if args.quick:
+        args.tasks, args.setups, args.batch_size, args.repeats, args.steps, args.warmup = "2", "lenet", 64, 2, 2, 1
+    return args
+
+
+def compose_weighting(name: str) -> DictConfig:
+    """``configs/weighting/<name>.yaml`` as the CLI composes it (interpolations such as ``${seed}`` resolved)."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
+        return compose(config_name="train", overrides=[f"weighting={name}"]).weighting
+
+
+def variants(name: str, tasks: list[str]) -> list[tuple[str, Callable[[], Weighting]]]:
+    """``(mode, factory)`` for every way ``name`` runs: gradient methods in each mode they accept."""
+    cfg = compose_weighting(name)
+    probe = instantiate(cfg, "weighting", task_names=tasks)
+    if isinstance(probe, GradNorm):
+        return [(probe.gradient_params, lambda: instantiate(cfg, "weighting", task_names=tasks))]
+    if not isinstance(probe, GradientWeighting):
+        return [("-", lambda: instantiate(cfg, "weighting", task_names=tasks))]
+    modes = ["rep", "params"] if "mode" in cfg else ["params"]  # DB-MTL has no rep mode
+    return [(mode, lambda mode=mode: instantiate(cfg, "weighting", task_names=tasks, mode=mode)) for mode in modes]
+
+
+def build_model(setup: Setup, tasks: list[str]) -> MultiTaskModel:
+    backbone = instantiate(OmegaConf.load(CONFIGS / "backbone" / f"{setup.backbone}.yaml"), "backbone",
+                           task_names=tasks, in_channels=setup.input_shape[0], input_size=setup.input_shape[1:])
+    head = OmegaConf.load(CONFIGS / "heads" / f"{setup.head}.yaml")
+    heads = {t: instantiate(head, "heads", num_classes=setup.num_classes, in_channels=backbone.out_channels,
+                            spatial_dims=backbone.spatial_dims) for t in tasks}
+    return MultiTaskModel(backbone, heads)
+
+
+def synthetic_data(setup: Setup, tasks: list[str], batch_size: int, batches: int = 4) -> MultiTaskData:
+    n = batch_size * batches
+    generator = torch.Generator().manual_seed(0)
+    split = TensorSplit(torch.randn(n, *setup.input_shape, generator=generator),
+                        {t: torch.randint(0, setup.num_classes, (n,), generator=generator) for t in tasks})
+    return MultiTaskData(train=split, val=split.head(batch_size), test=split.head(batch_size))
+
+
+class Bench:
+    """Builds trainers and timed callables for one set-up and task count."""
+
+    def __init__(self, setup: Setup, k: int, args: argparse.Namespace) -> None:
+        self.setup, self.k = setup, k
+        self.tasks = [f"t{i}" for i in range(k)]
+        self.device = resolve_device(args.device)
+        self.amp_dtype = resolve_amp(args.amp, self.device)
+        self.batch_size = args.batch_size or setup.batch_size
+        torch.manual_seed(0)
+        self.template = accelerate(build_model(setup, self.tasks), channels_last=args.channels_last)
+        self.data = synthetic_data(setup, self.tasks, self.batch_size)
+        self.optimizer_cfg = OmegaConf.load(CONFIGS / "optimizer" / "adam.yaml")
+        self.scheduler_cfg = OmegaConf.load(CONFIGS / "scheduler" / "none.yaml")
+        self.trainers: list[Trainer] = []
+        self.batch: tuple[Tensor, dict[str, Tensor]] | None = None
+
+    def trainer(self, weighting: Weighting) -> Trainer:
+        model = copy.deepcopy(self.template).to(self.device)
+        weighting = weighting.to(self.device)
+        optimizer = instantiate(self.optimizer_cfg, "optimizer")(
+            [{"params": list(model.parameters())}, *weighting.optimizer_groups()])
+        trainer = Trainer(
+            model=model,
+            tasks=[Task(t, t, CrossEntropy(), ClassificationMetrics(self.setup.num_classes)) for t in self.tasks],
+            weighting=weighting,
+            schedule=JointSchedule(self.tasks),
+            optimizer=optimizer,
+            scheduler=instantiate(self.scheduler_cfg.build, "scheduler.build")(optimizer),
+            scheduler_interval=self.scheduler_cfg.interval,
+            data=self.data,
+            device=self.device,
+            amp_dtype=self.amp_dtype,
+            settings=TrainerSettings(batch_size=self.batch_size, progress="none", checkpoint=False),
+            writer=NullRunWriter(Path("."), self.tasks),
+            config={},
+            seed=0,
+        )
+        if self.batch is None:  # the same batch for every entry
+            inputs, targets, _ = next(trainer._train_batches())
+            self.batch = (inputs, targets)
+        self.trainers.append(trainer)
+        return trainer
+
+    def train_step(self, weighting: Weighting) -> Callable[[], object]:
+        trainer = self.trainer(weighting)
+        return lambda: trainer.train_step(*self.batch)
+
+    def data_step(self) -> Callable[[], object]:
+        """Cut the next batch from the training split (a new epoch's permutation when one ends)."""
+        trainer = self.trainers[0]
+        batches: Iterator = iter(())
+
+        def cut() -> object:
+            nonlocal batches
+            batch = next(batches, None)
+            if batch is None:
+                batches = trainer._train_batches()
+                batch = next(batches)
+            return batch
+
+        return cut
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+
+    def hand_written_step(self) -> Callable[[], object]:
+        """Forward, sum of cross-entropies, backward, Adam step: plain PyTorch."""
+        model = copy.deepcopy(self.template).to(self.device).train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=self.optimizer_cfg.lr)
+        inputs, targets = self.batch
+
+        def step() -> object:
+            with self.autocast():
+                outputs = model(inputs)
+            loss = sum(nn.functional.cross_entropy(outputs[t].float(), targets[t]) for t in self.tasks)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            return loss
+
+        return step
+
+    def jacobians(self) -> dict[str, Callable[[], object]]:
+        """The per-task gradients w.r.t. the shared parameters on one retained graph: k sequential backwards from
+        the losses, and the engine with the trunk batched and looped."""
+        model = copy.deepcopy(self.template).to(self.device).train()
+        inputs, targets = self.batch
+        with self.autocast():
+            z = model.encode(inputs)
+            outputs = model.decode(z, inputs)
+        losses = torch.stack([nn.functional.cross_entropy(outputs[t].float(), targets[t]) for t in self.tasks])
+        shared = model.shared_parameters()
+        none = [[] for _ in self.tasks]
+
+        def engine(jacobian: TrunkJacobian) -> Callable[[], object]:
+            return lambda: jacobian(z, shared, representation_gradients(losses, z, none)[0])
+
+        return {"k backwards": lambda: task_gradient_matrix(losses, shared),
+                "jacobian batched": engine(TrunkJacobian("batched")),
+                "jacobian loop": engine(TrunkJacobian("loop"))}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(entries: dict[str, Callable[[], object]], args: argparse.Namespace, device: torch.device
+            ) -> dict[str, float]:
+    """Median ms per call of every entry, over ``args.repeats`` interleaved windows of ``args.steps`` calls."""
+    names = list(entries)
+    for name in names:
+        for _ in range(args.warmup):
+            entries[name]()
+    windows: dict[str, list[float]] = {name: [] for name in names}
+    for repeat in range(args.repeats):
+        for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                entries[name]()
+            synchronize(device)
+            windows[name].append((time.perf_counter() - start) / args.steps * 1e3)
+    return {name: statistics.median(times) for name, times in windows.items()}
+
+
+def run(setup: Setup, k: int, methods: list[str], args: argparse.Namespace
+        ) -> tuple[list[tuple[str, str, float]], dict[str, float], dict[str, str]]:
+    """Rows (method, mode, ms/step), the other timings, and each method's kind, for one set-up and k."""
+    bench = Bench(setup, k, args)
+    steps, kinds = {}, {}
+    for name in methods:
+        for mode, factory in variants(name, bench.tasks):
+            weighting = factory()
+            kinds[name] = ("gradient" if isinstance(weighting, GradientWeighting) else
+                           "other" if name in NOT_LOSS_BASED else "loss")
+            steps[(name, mode)] = bench.train_step(weighting)
+    others = {"hand-written": bench.hand_written_step(), "data": bench.data_step(), **bench.jacobians()}
+    entries = {**{f"{name} [{mode}]": fn for (name, mode), fn in steps.items()}, **others}
+    times = measure(entries, args, bench.device)
+    rows = [(name, mode, times[f"{name} [{mode}]"]) for name, mode in steps]
+    return rows, {name: times[name] for name in others}, kinds
+
+
+def verdict(passed: bool) -> str:
+    return "PASS" if passed else "MISS"
+
+
+def report(setup: Setup, k: int, rows: list[tuple[str, str, float]], others: dict[str, float],
+           kinds: dict[str, str], device: torch.device) -> list[str]:
+    """Print the markdown table; return the PASS/MISS lines."""
+    ew = next((ms for name, _, ms in rows if name == "ew"), None)
+    print("\n| method | k | mode | ms/step | ratio to EW |\n|---|---|---|---|---|")
+    for name, mode, ms in rows:
+        ratio = f"{ms / ew:.2f}" if ew else "-"
+        print(f"| {name} | {k} | {mode} | {ms:.1f} | {ratio} |")
+    for name in ("hand-written", "data"):
+        ratio = f"{others[name] / ew:.3f}" if ew else "-"
+        print(f"| _{name}_ | {k} | - | {others[name]:.2f} | {ratio} |")
+    jacobians = {name: ms for name, ms in others.items() if name.startswith(("jacobian", "k backwards"))}
+    print("\n| per-task gradients (shared params, one graph) | k | ms | ratio to k backwards |\n|---|---|---|---|")
+    for name, ms in jacobians.items():
+        print(f"| {name} | {k} | {ms:.1f} | {ms / others['k backwards']:.2f} |")
+
+    tag = f"{setup.name}, k={k}"
+    lines = []
+    if ew is None:
+        return [f"{tag}: EW not measured, no targets checked"]
+    hand = ew / others["hand-written"]
+    lines.append(f"{verdict(hand <= EW_VS_HAND)} {tag}: EW / hand-written loop = {hand:.3f} (target <= {EW_VS_HAND})")
+    share = others["data"] / ew
+    lines.append(f"{verdict(share < DATA_SHARE)} {tag}: data time / EW step = {share:.2%} (target < {DATA_SHARE:.0%})")
+    loss_based = [(name, ms / ew) for name, _, ms in rows if kinds[name] == "loss" and name != "ew"]
+    if loss_based:
+        worst = max(loss_based, key=lambda item: item[1])
+        lines.append(f"{verdict(worst[1] <= LOSS_BASED_VS_EW)} {tag}: slowest loss-based method {worst[0]} = "
+                     f"{worst[1]:.3f} x EW (target <= {LOSS_BASED_VS_EW})")
+    famo = [ms / ew for name, _, ms in rows if name == "famo"]
+    if famo:
+        lines.append(f"{verdict(famo[0] <= FAMO_VS_EW)} {tag}: FAMO = {famo[0]:.3f} x EW (target <= {FAMO_VS_EW})")
+    if k == 4:
+        rep = [(name, ms / ew) for name, mode, ms in rows if kinds[name] == "gradient" and mode == "rep"]
+        if rep:
+            worst = max(rep, key=lambda item: item[1])
+            lines.append(f"{verdict(worst[1] <= REP_VS_EW)} {tag}: slowest gradient method in rep mode {worst[0]} = "
+                         f"{worst[1]:.3f} x EW (target <= {REP_VS_EW})")
+        auto = "batched" if TrunkJacobian("auto").batches(device) else "loop"
+        for choice in ("batched", "loop"):
+            ratio = jacobians[f"jacobian {choice}"] / others["k backwards"]
+            used = f", what jacobian=auto uses on {device.type}" if choice == auto else ""
+            lines.append(f"{verdict(ratio <= BATCHED_VS_LOOP)} {tag}: params-mode Jacobian, trunk {choice}{used} = "
+                         f"{ratio:.3f} x k sequential backwards (target <= {BATCHED_VS_LOOP})")
+    return lines
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    methods = METHODS if args.methods == "all" else args.methods.split(",")
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise SystemExit(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    device = resolve_device(args.device)
+    print(f"# mtl-train step timings: device {device}, amp {args.amp}, channels-last {args.channels_last}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.repeats} windows of "
+          f"{args.steps} steps after {args.warmup} warm-up steps")
+    verdicts = []
+    for setup_name in args.setups.split(","):
+        setup = SETUPS[setup_name]
+        print(f"\n## {setup.title}, batch {args.batch_size or setup.batch_size}")
+        for k in map(int, args.tasks.split(",")):
+            rows, others, kinds = run(setup, k, methods, args)
+            verdicts += report(setup, k, rows, others, kinds, device)
+    print("\n## Targets\n")
+    for line in verdicts:
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
