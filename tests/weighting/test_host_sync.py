@@ -35,6 +35,8 @@ CHECKPOINT_LOADING = {"set_extra_state", "_load_from_state_dict"}
 
 def method(name: str, mode: str) -> torch.nn.Module:
     overrides = [] if name == "gradnorm" else [f"++weighting.mode={mode}"]
+    if name == "nash_mtl":  # on the CPU its solver reads the Newton decrement to stop early; 0 is its GPU path
+        overrides.append("++weighting.tolerance=0")
     return instantiate(compose_config([f"weighting={name}", *overrides]).weighting, "weighting", task_names=TASKS)
 
 
