@@ -104,3 +104,20 @@ def test_same_seed_same_run(tmp_path: Path, tiny_fashion_root: Path) -> None:
     second = train(smoke_config("ecg_cls_rec", "uw", tmp_path / "b", tiny_fashion_root))
     assert first["final"] == second["final"]
     assert (tmp_path / "a" / "losses.csv").read_text() == (tmp_path / "b" / "losses.csv").read_text()
+
+
+def test_channels_last_reaches_the_model_and_leaves_the_run_unchanged(tmp_path: Path,
+                                                                       tiny_fashion_root: Path) -> None:
+    """``trainer.channels_last=true`` stores the 2-D kernels in NHWC (seen in the checkpoint, which keeps strides) and
+    gives the same losses as the default layout."""
+    train(smoke_config("cls_seg", "ew", tmp_path / "plain", tiny_fashion_root))
+    train(smoke_config("cls_seg", "ew", tmp_path / "nhwc", tiny_fashion_root, ["trainer.channels_last=true"]))
+    state = torch.load(tmp_path / "nhwc" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    kernels = [tensor for tensor in state.values() if tensor.dim() == 4]
+    assert kernels and all(k.is_contiguous(memory_format=torch.channels_last) for k in kernels)
+    unambiguous = [k for k in kernels if k.shape[1] > 1 and k.shape[2] * k.shape[3] > 1]  # NCHW != NHWC there
+    assert unambiguous and not any(k.is_contiguous() for k in unambiguous)
+    plain, nhwc = (read_csv_rows(tmp_path / run / "losses.csv") for run in ("plain", "nhwc"))
+    assert len(plain) == len(nhwc) > 1
+    for row_plain, row_nhwc in zip(plain[1:], nhwc[1:]):
+        assert [float(v) for v in row_nhwc] == pytest.approx([float(v) for v in row_plain], rel=1e-4)
