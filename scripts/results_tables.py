@@ -43,7 +43,8 @@ def results_table(sweep: Path, stl_sweep: Path) -> str:
     tasks, primary = first["tasks"], first["primary_metric"]
     by_method: dict[str, list[Run]] = {}
     for run in runs:
-        by_method.setdefault(run.label.removeprefix("weighting="), []).append(run)
+        method = run.summary["weighting"] if run.label == "default" else run.label.removeprefix("weighting=")
+        by_method.setdefault(method, []).append(run)
 
     def metric_cells(summaries: Sequence[dict]) -> list[str]:
         digits = {task: 2 if primary[task] in ("psnr", "mae", "rmse") else 4 for task in tasks}
@@ -54,12 +55,12 @@ def results_table(sweep: Path, stl_sweep: Path) -> str:
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     stl_summaries = [run.summary for run in stl_runs]
     lines.append("| " + " | ".join(["single-task", str(len(stl_runs)), *metric_cells(stl_summaries), "0",
-                                    f"{statistics.fmean(stl_epoch_time(r) for r in stl_runs):.1f}"]) + " |")
+                                    f"{statistics.fmean(stl_epoch_time(r) for r in stl_runs):.3g}"]) + " |")
     for method, method_runs in by_method.items():
         summaries = [run.summary for run in method_runs]
         cells = [method, str(len(summaries)), *metric_cells(summaries),
                  mean_std([s["delta_m"]["value"] for s in summaries], 2),
-                 f"{statistics.fmean(statistics.fmean(s['epoch_time_s']) for s in summaries):.1f}"]
+                 f"{statistics.fmean(statistics.fmean(s['epoch_time_s']) for s in summaries):.3g}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
