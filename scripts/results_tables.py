@@ -15,20 +15,21 @@ import argparse
 import json
 import statistics
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
-from mtl_train.delta_m import test_metrics
-from mtl_train.report import Run, find_runs
+from mtl_train.report import Run, comparison_rows, find_runs
 
 
-def mean_std(values: Sequence[float], digits: int) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.{digits}f} ± {std:.{digits}f}"
+def mean_std(cell: tuple[float, float], digits: int) -> str:
+    """A ``(mean, std)`` cell of :func:`mtl_train.report.comparison_rows` as ``mean ± std``."""
+    return f"{cell[0]:.{digits}f} ± {cell[1]:.{digits}f}"
 
 
-def stl_epoch_time(run: Run) -> float:
-    """The seconds per epoch of all the single-task models of an ``stl=true`` run together (``stl/<task>/``)."""
+def epoch_time(run: Run) -> float:
+    """A run's mean training seconds per epoch; for ``stl=true``, that of all its single-task models together
+    (their summaries are in ``stl/<task>/``)."""
+    if not run.summary.get("stl"):
+        return statistics.fmean(run.summary["epoch_time_s"])
     summaries = [json.loads((run.run_dir / "stl" / task / "summary.json").read_text()) for task in run.summary["tasks"]]
     return sum(statistics.fmean(summary["epoch_time_s"]) for summary in summaries)
 
@@ -41,27 +42,23 @@ def results_table(sweep: Path, stl_sweep: Path) -> str:
     stl_runs, _ = find_runs([stl_sweep])
     first = runs[0].summary
     tasks, primary = first["tasks"], first["primary_metric"]
-    by_method: dict[str, list[Run]] = {}
-    for run in runs:
-        method = run.summary["weighting"] if run.label == "default" else run.label.removeprefix("weighting=")
-        by_method.setdefault(method, []).append(run)
-
-    def metric_cells(summaries: Sequence[dict]) -> list[str]:
-        digits = {task: 2 if primary[task] in ("psnr", "mae", "rmse") else 4 for task in tasks}
-        return [mean_std([test_metrics(s)[task][primary[task]] for s in summaries], digits[task]) for task in tasks]
-
+    digits = {task: 2 if primary[task] in ("psnr", "mae", "rmse") else 4 for task in tasks}
     arrows = {task: "↑" if first["higher_is_better"][task][primary[task]] else "↓" for task in tasks}
-    header = ["method", "seeds", *(f"{task} {primary[task]} {arrows[task]}" for task in tasks), "Δm % ↑", "s / epoch"]
+    metric_names = [f"{task} {primary[task]} {arrows[task]}" for task in tasks]
+    header = ["method", "seeds", *metric_names, "Δm % ↑", "s / epoch"]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    stl_summaries = [run.summary for run in stl_runs]
-    lines.append("| " + " | ".join(["single-task", str(len(stl_runs)), *metric_cells(stl_summaries), "0",
-                                    f"{statistics.fmean(stl_epoch_time(r) for r in stl_runs):.3g}"]) + " |")
-    for method, method_runs in by_method.items():
-        summaries = [run.summary for run in method_runs]
-        cells = [method, str(len(summaries)), *metric_cells(summaries),
-                 mean_std([s["delta_m"]["value"] for s in summaries], 2),
-                 f"{statistics.fmean(statistics.fmean(s['epoch_time_s']) for s in summaries):.3g}"]
-        lines.append("| " + " | ".join(cells) + " |")
+    for group in (stl_runs, runs):  # comparison_rows gives one (mean, std) row per configuration, in run order
+        for row in comparison_rows(group)[1]:
+            config_runs = [run for run in group if run.label == row["config"]]
+            if config_runs[0].summary.get("stl"):
+                method, delta = "single-task", "0"
+            else:
+                method = config_runs[0].summary["weighting"] if row["config"] == "default" else row["config"]
+                method, delta = method.removeprefix("weighting="), mean_std(row["delta_m_%"], 2)
+            metrics = [mean_std(row[f"{task}/{primary[task]}"], digits[task]) for task in tasks]
+            seconds = statistics.fmean(epoch_time(run) for run in config_runs)
+            cells = [method, str(row["seeds"]), *metrics, delta, f"{seconds:.3g}"]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
