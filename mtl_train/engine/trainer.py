@@ -258,8 +258,9 @@ class Trainer:
 
     def _non_finite_step(self, losses: Tensor, what: str) -> tuple[Tensor, Tensor]:
         """A step whose ``what`` (a loss or a gradient) is not finite: the model and weighting (their buffers
-        included) and the optimizer are left untouched and the row is returned with its non-finite values (weights NaN). ``trainer.nonfinite=skip`` counts
-        the step and goes on; ``abort`` sets :attr:`abort_reason`, which :meth:`fit` raises once the row is written."""
+        included) and the optimizer are left untouched and the row is returned with its non-finite values (weights
+        NaN). ``trainer.nonfinite=skip`` counts the step and goes on; ``abort`` sets :attr:`abort_reason`, which
+        :meth:`fit` raises once the row is written."""
         if self.settings.nonfinite == "abort":
             self.abort_reason = (
                 f"{what} is not finite at step {self.step + 1} (trainer.nonfinite=abort); try a lower optimizer.lr, "

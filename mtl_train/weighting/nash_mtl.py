@@ -12,14 +12,15 @@ the same d).
 Solver. The repository solves the equation with 20 CCCP iterations of a cvxpy/ECOS program. Here we minimise
 the strictly convex f(alpha) = 1/2 alpha^T M alpha - sum_i log alpha_i, whose stationarity condition is exactly
 M alpha = 1/alpha, by Newton's method in torch on the gradients' device (:func:`nash_mtl_weights`): Hessian
-M + diag(1/alpha^2), a fixed number of iterations (default 20, no data-dependent host synchronisation), each step
-the best of a geometric grid of step lengths capped by a fraction-to-boundary rule (alpha stays > 0), so f never
-increases. On the CPU, where reading a number costs no device synchronisation, the loop also stops after the
+M + diag(1/alpha^2), a fixed number of iterations (default 20; on a GPU no data-dependent host synchronisation),
+each step the best of a geometric grid of step lengths capped by a fraction-to-boundary rule (alpha stays > 0),
+so f never increases. On the CPU, where reading a number costs no device synchronisation, the loop also stops after the
 step at which half the squared Newton decrement lambda^2 / 2 (about f(alpha) - min f) falls to ``tolerance``
 (default 1e-12): warm-started from the previous step's solution that is 2-3 iterations instead of 20, with alpha
-within 1e-7 (relative) of the 20-iteration solution. The start is the better (lower f) of the previous solution and the orthogonal-gradient solution
-1/sqrt(diag M), each rescaled optimally along its ray. Like the repository, M is first divided by its Frobenius
-norm n = ||M||_F; if alpha^ solves (M/n) alpha^ = 1/alpha^, then alpha = alpha^ / sqrt(n) solves M alpha = 1/alpha
+within 1e-7 (relative) of the 20-iteration solution. The start is the better (lower f) of the previous solution
+and the orthogonal-gradient solution 1/sqrt(diag M), each rescaled optimally along its ray. Like the repository,
+M is first divided by its Frobenius norm n = ||M||_F; if alpha^ solves (M/n) alpha^ = 1/alpha^, then
+alpha = alpha^ / sqrt(n) solves M alpha = 1/alpha
 (the repository's CCCP constraint also carries n, so its alpha is in these true units too). ``eps`` adds a ridge
 eps * I to M/n so that the problem stays well posed when M is singular (e.g. a zero gradient, whose alpha_i then
 becomes 1/sqrt(eps * n) but multiplies a zero row). Accuracy (float64, 20 iterations, 1000 random problems with
