@@ -1,9 +1,12 @@
-"""Sweeps: a real 2x2 multirun in a subprocess, its summary.jsonl and comparison table, and mtl-train-report."""
+"""Sweeps: a real 2x2 multirun in a subprocess, its summary.jsonl and comparison table, and mtl-train-report; the
+report's grouping, failures and terminal layout on hand-made runs."""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -11,6 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from rich.console import Console
+
+from mtl_train import report_plots
+from mtl_train.report import find_runs, main, report
 
 BIN = Path(sys.executable).parent
 
@@ -87,9 +95,10 @@ def test_sweep_writes_comparison_plots_with_their_data(sweep: Path) -> None:
         assert (sweep / f"{stem}.png").stat().st_size > 0
     with open(sweep / "weights_comparison.csv", newline="") as file:
         rows = list(csv.DictReader(file))
-    # one panel per configuration (its first seed): 2 configs x 3 steps x 2 tasks
+    # one panel per configuration (mean over its seeds): 2 configs x 3 steps x 2 tasks
     assert len(rows) == 12 and {r["config"] for r in rows} == {"weighting=ew", "weighting=uw"}
-    assert {float(r["task_weight"]) for r in rows if r["config"] == "weighting=ew"} == {1.0}
+    assert {float(r["task_weight_mean"]) for r in rows if r["config"] == "weighting=ew"} == {1.0}
+    assert {r["seeds"] for r in rows} == {"2"}
     with open(sweep / "tradeoff.csv", newline="") as file:
         points = list(csv.DictReader(file))
     assert len(points) == 4 and sorted(p["seed"] for p in points) == ["0", "0", "1", "1"]
@@ -122,3 +131,158 @@ def test_report_with_baselines_adds_the_mean_delta_m_of_each_configuration(sweep
                          + (s["final"]["test"]["denoise"]["psnr"] - base["denoise"]["psnr"]) / base["denoise"]["psnr"])
                    for s in summaries]
         assert float(row["delta_m_%_mean"]) == pytest.approx(statistics.fmean(per_run), rel=1e-5)
+
+
+HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "mae": False, "rmse": False, "miou": True,
+                    "pixel_accuracy": True, "psnr": True, "mse": False}
+ECG = {"rhythm": ("accuracy", "macro_f1"), "denoise": ("psnr", "mse")}  # the primary metric first
+ECG_FULL = {"rhythm": ("accuracy", "macro_f1"), "heart_rate": ("mae", "rmse"), "waves": ("miou", "pixel_accuracy"),
+            "denoise": ("psnr", "mse")}
+
+
+def write_run(run_dir: Path, overrides: list[str], tasks: dict[str, tuple[str, ...]], value: float,
+              seed: int = 0) -> None:
+    """A finished 3-step run as `mtl-train` leaves it, in which every val and test metric equals ``value``, every
+    task weight is 1 and every training loss is ``value``."""
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text("{}\n")
+    (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    metrics = {task: {metric: value for metric in names} for task, names in tasks.items()}
+    summary = {"tasks": list(tasks), "weighting": "EqualWeighting", "final": {"val": metrics, "test": metrics},
+               "higher_is_better": {task: {m: HIGHER_IS_BETTER[m] for m in names} for task, names in tasks.items()},
+               "primary_metric": {task: names[0] for task, names in tasks.items()}, "wall_time_s": 1.0, "seed": seed}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    for name, step_value in (("weights", 1.0), ("losses", value)):
+        rows = [",".join(["step", *tasks])]
+        rows += [",".join([str(step), *[str(step_value)] * len(tasks)]) for step in (1, 2, 3)]
+        (run_dir / f"{name}.csv").write_text("\n".join(rows) + "\n")
+    records = [{"step": step, "epoch": 0, "split": "val", "metrics": metrics} for step in (1, 2, 3)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def quiet_console(width: int = 200) -> Console:
+    return Console(width=width, record=True, file=io.StringIO())
+
+
+def read_csv(path: Path) -> dict[str, dict[str, str]]:
+    with open(path, newline="") as file:
+        return {row["config"]: row for row in csv.DictReader(file)}
+
+
+def test_numbered_and_named_run_directories_sort_together(tmp_path: Path) -> None:
+    for name in ("10", "baseline", "2", "0"):
+        write_run(tmp_path / name, [f"seed={name}"] if name.isdigit() else ["weighting=static"], ECG, 0.5)
+    runs, unfinished = find_runs([tmp_path])
+    assert [run.run_dir.name for run in runs] == ["0", "2", "10", "baseline"] and unfinished == []
+
+
+def test_a_job_resumed_in_place_is_pooled_with_its_seeds(tmp_path: Path) -> None:
+    write_run(tmp_path / "0", ["weighting=ew", "seed=0"], ECG, 0.5, seed=0)
+    write_run(tmp_path / "1", ["weighting=ew", "seed=1", "trainer.resume=true", "trainer.progress=plain"], ECG, 0.7,
+              seed=1)
+    write_run(tmp_path / "2", ["weighting=uw", "seed=0"], ECG, 0.9, seed=0)
+    rows = {row["config"]: row for row in report([tmp_path], tmp_path, quiet_console())}
+    assert set(rows) == {"weighting=ew", "weighting=uw"}
+    assert rows["weighting=ew"]["seeds"] == 2
+    # mean of 0.5 and 0.7, sample std |0.5 - 0.7| / sqrt(2)
+    assert rows["weighting=ew"]["rhythm/accuracy"] == pytest.approx((0.6, 0.2 / math.sqrt(2)))
+
+
+def test_a_directory_without_runs_is_an_error_and_gets_no_files(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path)])
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: no finished runs under {tmp_path}") and "summary.json" in error
+    assert error.count("\n") == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_a_sweep_whose_jobs_all_failed_is_an_error_that_counts_them(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "0" / ".hydra").mkdir(parents=True)
+    (tmp_path / "0" / ".hydra" / "config.yaml").write_text("{}\n")
+    with pytest.raises(SystemExit, match="1"):
+        main([str(tmp_path), "--out", str(tmp_path / "report")])
+    assert "1 job(s) there have no summary.json (failed or unfinished)" in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()
+
+
+def test_runs_of_different_task_sets_get_a_table_each(tmp_path: Path) -> None:
+    write_run(tmp_path / "0", ["task=ecg_full", "weighting=ew"], ECG_FULL, 0.3)
+    write_run(tmp_path / "1", ["weighting=ew"], ECG, 0.5)
+    write_run(tmp_path / "2", ["weighting=uw"], ECG, 0.7)
+    console = quiet_console()
+    report([tmp_path], tmp_path / "out", console)
+    rows = read_csv(tmp_path / "out" / "comparison.csv")
+    assert rows["weighting=uw"]["rhythm/accuracy_mean"] == "0.7" and rows["weighting=uw"]["heart_rate/mae_mean"] == ""
+    assert rows["task=ecg_full weighting=ew"]["heart_rate/mae_mean"] == "0.3"
+    markdown = (tmp_path / "out" / "comparison.md").read_text()
+    assert (markdown.index("## tasks rhythm, heart_rate, waves, denoise\n")
+            < markdown.index("| task=ecg_full weighting=ew | 1 |") < markdown.index("## tasks rhythm, denoise\n")
+            < markdown.index("| weighting=uw | 1 |"))
+    for tasks in ("rhythm+denoise", "rhythm+heart_rate+waves+denoise"):
+        for stem in ("weights_comparison", "losses_comparison", "metric_curves", "tradeoff"):
+            assert (tmp_path / "out" / f"{stem}_{tasks}.png").stat().st_size > 0
+    text = console.export_text()
+    assert "tasks rhythm, denoise: 2 runs" in text and "tasks rhythm, heart_rate, waves, denoise: 1 runs" in text
+
+
+def test_baselines_give_delta_m_to_the_task_set_they_cover(tmp_path: Path) -> None:
+    write_run(tmp_path / "runs" / "0", ["weighting=ew"], ECG, 0.5)
+    write_run(tmp_path / "runs" / "1", ["task=ecg_full"], ECG_FULL, 0.5)
+    baselines = tmp_path / "baselines.json"
+    baselines.write_text(json.dumps({"tasks": {"rhythm": {"accuracy": 0.4}, "denoise": {"psnr": 0.4}}}))
+    report([tmp_path / "runs"], tmp_path, quiet_console(), baselines=baselines)
+    rows = read_csv(tmp_path / "comparison.csv")
+    assert float(rows["weighting=ew"]["delta_m_%_mean"]) == pytest.approx(25.0)  # both +0.1 / 0.4, higher is better
+    assert rows["task=ecg_full"]["delta_m_%_mean"] == ""
+
+
+def test_baselines_of_another_task_set_are_an_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write_run(tmp_path / "runs" / "0", ["weighting=ew"], ECG, 0.5)
+    baselines = tmp_path / "baselines.json"
+    baselines.write_text(json.dumps({"tasks": {"left": {"accuracy": 0.4}}}))
+    with pytest.raises(SystemExit, match="1"):
+        main([str(tmp_path / "runs"), "--baselines", str(baselines)])
+    assert "--baselines has single-task results for ['left']" in capsys.readouterr().err
+
+
+def test_a_failing_plot_leaves_no_file_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_run(tmp_path / "runs" / "0", ["weighting=ew"], ECG, 0.5)
+
+    def broken_tradeoff(*args: object) -> None:
+        raise RuntimeError("plotting failed")
+
+    monkeypatch.setattr(report_plots, "tradeoff", broken_tradeoff)
+    with pytest.raises(RuntimeError, match="plotting failed"):
+        report([tmp_path / "runs"], tmp_path / "out", quiet_console())
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_sweep_table_of_three_methods_fits_80_columns(tmp_path: Path) -> None:
+    for job, (method, seed) in enumerate((m, s) for m in ("ew", "uw", "gradnorm") for s in (0, 1)):
+        write_run(tmp_path / str(job), [f"weighting={method}", f"seed={seed}"], ECG_FULL, 0.25 * (seed + 1), seed)
+    console = quiet_console(width=80)
+    report([tmp_path], tmp_path, console)
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 80 and not any("…" in line for line in lines)
+    for task, metrics in ECG_FULL.items():
+        for metric in metrics:
+            name = f"{task}/{metric} {'↑' if HIGHER_IS_BETTER[metric] else '↓'}"
+            assert sum(name in line for line in lines) == 1
+    # seeds 0 and 1 give every metric 0.25 and 0.5: mean 0.375, sample std 0.25 / sqrt(2)
+    assert sum("weighting=gradnorm" in line and "0.3750 ± 0.1768" in line for line in lines) == 8
+    assert sum("weighting=gradnorm" in line and "1.0000 ± 0.0000" in line for line in lines) == 1  # wall time
+
+
+def test_the_loss_plot_data_are_the_mean_and_std_over_seeds(tmp_path: Path) -> None:
+    write_run(tmp_path / "0", ["seed=0"], ECG, 0.25, seed=0)
+    write_run(tmp_path / "1", ["seed=1"], ECG, 0.5, seed=1)
+    report([tmp_path], tmp_path, quiet_console())
+    with open(tmp_path / "losses_comparison.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 6  # 3 steps x 2 tasks of the one configuration
+    for row in rows:
+        assert (float(row["training_loss_mean"]), float(row["training_loss_std"]), row["seeds"]) == (
+            0.375, pytest.approx(0.25 / math.sqrt(2)), "2")
