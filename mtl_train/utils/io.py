@@ -15,11 +15,13 @@ import torch
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Call ``write(file)`` on a temporary file and atomically rename it to ``path``.
 
-    A crash mid-write leaves the previous ``path`` intact.
+    A crash mid-write leaves the previous ``path`` intact. The file gets the permissions of any newly created file
+    (``0o666`` less the umask), not the owner-only ones of a temporary file.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as file:
             write(file)
             file.flush()
@@ -28,6 +30,13 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and setting it back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: Path, data: Any) -> None:
