@@ -4,18 +4,24 @@
   has a column for the backbone's penalty, e.g. soft sharing's ``soft_l2``, when there is one);
 - ``metrics.jsonl``: one JSON object per evaluation (step, epoch, split, per-task metrics);
 - ``summary.json`` (final and best metrics, config digest, wall time, device), written atomically;
-- ``checkpoints/last.pt``, written atomically (see :mod:`mtl_train.utils.io`);
+- ``checkpoints/last.pt``, written atomically (see :mod:`mtl_train.utils.io`), with the run's wall time so far
+  (``wall_time_s``, :class:`WallClock`);
+- ``checkpoints/best.pt``, the model ``trainer.model_selection=best_val`` selected, also written atomically;
 - optionally ``tensorboard/`` event files with the same numbers (:mod:`mtl_train.engine.tensorboard`).
 
-CSV and JSONL files are append-only and flushed on every write, so an interrupted run keeps every row
-written before the interruption. A resumed run (``trainer.resume``) starts its files from the rows of the run it
-continues up to the checkpoint's step, so they read as one uninterrupted run.
+Constructing a :class:`RunWriter` touches no file: :meth:`RunWriter.open` creates them, once every check of the
+run has passed (so a run that fails while it is set up leaves an earlier run in its directory as it was). CSV and
+JSONL files are append-only and flushed on every write, so an interrupted run keeps every row written before the
+interruption. A resumed run (``trainer.resume``) starts its files from the rows of the run it continues up to the
+checkpoint's step, so they read as one uninterrupted run.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +30,29 @@ from torch import Tensor
 
 from mtl_train.engine.tensorboard import TensorBoardLogger
 from mtl_train.errors import ConfigError
-from mtl_train.utils.io import save_torch, write_json
+from mtl_train.utils.io import atomic_write, save_torch, write_json
+
+
+@dataclass(frozen=True)
+class WallClock:
+    """The wall time of a run that may span several processes (``trainer.resume``).
+
+    ``start`` is this part's start (a ``time.perf_counter()`` value); ``before_s`` is the time of the parts before
+    it, up to the checkpoint this part continues from (time after that checkpoint was lost with its rows).
+    """
+
+    start: float
+    before_s: float = 0.0
+
+    def this_part_s(self) -> float:
+        return time.perf_counter() - self.start
+
+    def total_s(self) -> float:
+        return self.before_s + self.this_part_s()
 
 
 class RunWriter:
-    """Appends per-step and per-evaluation records to the run's files."""
+    """Appends per-step and per-evaluation records to the run's files (after :meth:`open`)."""
 
     def __init__(
         self,
@@ -37,28 +61,38 @@ class RunWriter:
         penalty_names: list[str] = (),
         tensorboard: bool = False,
         resume_from: tuple[Path, int] | None = None,
+        clock: WallClock | None = None,
     ) -> None:
-        """``resume_from=(run_dir, step)`` starts every file with that run's records up to ``step`` (inclusive)."""
+        """``resume_from=(run_dir, step)`` starts every file with that run's records up to ``step`` (inclusive),
+        read (and checked) here; ``clock`` gives the wall time stamped into each checkpoint (from now when None).
+        Writes nothing: :meth:`open` does."""
         self.output_dir = Path(output_dir)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
         self.task_names = task_names
-        self.loss_names = loss_names = [*task_names, *penalty_names]
+        self.loss_names = [*task_names, *penalty_names]
+        self.tensorboard = tensorboard
+        self.clock = clock or WallClock(time.perf_counter())
+        self._headers = {"losses": ["step", *self.loss_names], "weights": ["step", *task_names]}
+        self._kept_rows = {name: kept_csv_rows(resume_from[0] / f"{name}.csv", header, resume_from[1])
+                           if resume_from else [] for name, header in self._headers.items()}
+        self._kept_records = kept_eval_records(resume_from[0] / "metrics.jsonl", resume_from[1]) if resume_from else []
+
+    def open(self) -> None:
+        """Create the run's files (replacing any there), starting them with the resumed run's records."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
         self._csv_files = {}
         self._csv_writers = {}
-        for name, columns in (("losses", loss_names), ("weights", task_names)):
-            header = ["step", *columns]
-            kept = kept_csv_rows(resume_from[0] / f"{name}.csv", header, resume_from[1]) if resume_from else []
+        for name, header in self._headers.items():
             file = open(self.output_dir / f"{name}.csv", "w", newline="")
             writer = csv.writer(file)
-            writer.writerows([header, *kept])
+            writer.writerows([header, *self._kept_rows[name]])
             file.flush()
             self._csv_files[name] = file
             self._csv_writers[name] = writer
-        kept_records = kept_eval_records(resume_from[0] / "metrics.jsonl", resume_from[1]) if resume_from else []
         self._metrics_file = open(self.output_dir / "metrics.jsonl", "w")
-        self._metrics_file.writelines(kept_records)
+        self._metrics_file.writelines(self._kept_records)
         self._metrics_file.flush()
-        self._tensorboard = TensorBoardLogger(self.output_dir / "tensorboard", loss_names, task_names) if tensorboard else None
+        self._tensorboard = (TensorBoardLogger(self.output_dir / "tensorboard", self.loss_names, self.task_names)
+                             if self.tensorboard else None)
 
     def log_steps(self, steps: list[int], losses: Tensor, weights: Tensor) -> None:
         """Append rows for ``steps``; ``losses``/``weights`` are CPU tensors with one row per step and one column per
@@ -81,9 +115,22 @@ class RunWriter:
         write_json(self.output_dir / "summary.json", summary)
 
     def save_checkpoint(self, state: dict[str, Any]) -> Path:
+        """Write ``state`` plus the run's wall time so far (``wall_time_s``) to ``checkpoints/last.pt``."""
         path = self.output_dir / "checkpoints" / "last.pt"
+        save_torch(path, {**state, "wall_time_s": self.clock.total_s()})
+        return path
+
+    def save_best_model(self, state: dict[str, Any]) -> Path:
+        """``checkpoints/best.pt``: the model ``trainer.model_selection=best_val`` selected, written atomically."""
+        path = self.output_dir / "checkpoints" / "best.pt"
         save_torch(path, state)
         return path
+
+    def copy_best_model(self, run_dir: Path) -> None:
+        """Start with the ``checkpoints/best.pt`` of the run this one resumes (when it is another directory)."""
+        source, target = run_dir / "checkpoints" / "best.pt", self.output_dir / "checkpoints" / "best.pt"
+        if source.is_file() and source.resolve() != target.resolve():
+            atomic_write(target, lambda file: file.write(source.read_bytes()))
 
     def close(self) -> None:
         for file in (*self._csv_files.values(), self._metrics_file):
@@ -129,6 +176,9 @@ class NullRunWriter(RunWriter):
         self.task_names = task_names
         self.loss_names = [*task_names, *penalty_names]
 
+    def open(self) -> None:
+        pass
+
     def log_steps(self, steps: list[int], losses: Tensor, weights: Tensor) -> None:
         pass
 
@@ -140,6 +190,12 @@ class NullRunWriter(RunWriter):
 
     def save_checkpoint(self, state: dict[str, Any]) -> Path:
         return self.output_dir / "checkpoints" / "last.pt"
+
+    def save_best_model(self, state: dict[str, Any]) -> Path:
+        return self.output_dir / "checkpoints" / "best.pt"
+
+    def copy_best_model(self, run_dir: Path) -> None:
+        pass
 
     def close(self) -> None:
         pass

@@ -6,12 +6,14 @@ The loop never branches on which weighting method runs: every method goes throug
 
 from __future__ import annotations
 
+import copy
 import math
 import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -33,7 +35,23 @@ NONFINITE_POLICIES = ("abort", "skip")
 MODEL_SELECTIONS = ("final", "best_val")
 # The training loop's position, saved in checkpoints so that a resumed run continues exactly.
 LOOP_STATE = ("step", "epoch", "batch_in_epoch", "epoch_generator_state", "epoch_loss_sum", "epoch_steps",
-              "epoch_times", "skipped_steps", "evaluated_at", "final_val", "best", "selected")
+              "epoch_times", "skipped_steps", "evaluated_at", "final_val", "best", "selected", "selection_reference")
+# |m_ref| below this is replaced by it in the model-selection score (a reference metric of exactly 0).
+SELECTION_EPS = 1e-8
+
+
+def selection_score(values: dict[str, float], reference: dict[str, float], higher_is_better: dict[str, bool]) -> float:
+    """The unit-free score ``trainer.model_selection=best_val`` maximises: the mean over tasks t of the signed
+    relative change of the primary validation metric against the run's first validation,
+
+        s = (1 / K) sum_t sign_t (m_t - r_t) / max(|r_t|, SELECTION_EPS),
+
+    sign_t = +1 when higher is better and -1 otherwise (the Δm of Maninis et al., CVPR 2019, with the first
+    evaluation as the baseline). Every term is a fraction of its own reference, so accuracy and PSNR in dB, or
+    accuracy and MAE, weigh alike: +1 % accuracy and -1 % PSNR cancel, whatever the units."""
+    terms = [(1.0 if higher_is_better[task] else -1.0) * (values[task] - reference[task])
+             / max(abs(reference[task]), SELECTION_EPS) for task in values]
+    return sum(terms) / len(terms)
 
 
 @dataclass
@@ -129,18 +147,14 @@ class Trainer:
         self.skipped_steps = 0
         self.abort_reason: str | None = None
         self._buffers_before_step: list[Tensor] = []
+        self._rng_before_step: dict | None = None
+        self._weighting_before_step: dict | None = None
         self.evaluated_at = -1
         self.final_val: Metrics = {}
         self.best: dict[str, dict[str, dict[str, float]]] = {}
         self.selected: dict | None = None
-        if settings.model_selection == "best_val":
-            directions = {t.metric.higher_is_better[t.metric.primary] for t in tasks}
-            if len(directions) > 1:
-                raise ConfigError(
-                    "trainer.model_selection=best_val averages the tasks' primary validation metrics, but "
-                    f"{', '.join(f'{t.name}:{t.metric.primary}' for t in tasks)} mix higher- and lower-is-better "
-                    "ones; use trainer.model_selection=final"
-                )
+        self.selection_reference: dict[str, float] | None = None
+        self.resumed_from: Path | None = None  # the directory of the run this one continues (trainer.resume)
 
     @staticmethod
     def _keep_targets(split: TensorSplit, names: list[str]) -> TensorSplit:
@@ -178,15 +192,31 @@ class Trainer:
         """The ``(k,)`` task losses, computed in float32 outside autocast."""
         return torch.stack([task.loss(outputs[task.name].float(), targets[task.target]) for task in self.tasks])
 
-    def _recompute_losses(self, inputs: Tensor, targets: dict[str, Tensor], factors: Tensor,
-                          share: float) -> Callable[[], Tensor]:
+    def _forward_rng_state(self) -> tuple[Tensor, Tensor | None]:
+        """The global torch RNG states (the CPU's, and the training device's when it is a GPU) that the training
+        forward is about to draw its dropout masks from."""
+        return torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+
+    def _recompute_losses(self, inputs: Tensor, targets: dict[str, Tensor], factors: Tensor, share: float,
+                          rng: tuple[Tensor, Tensor | None]) -> Callable[[], Tensor]:
         """A closure giving the scheduled task losses on this (global) batch with the current parameters, without
-        grad."""
+        grad (FAMO's loss after the update). The forward is the training forward's function: train mode, dropout
+        replaying the training forward's masks (the RNG states ``rng``, taken before it; the global RNGs are left as
+        they were), normalisation by the batch's statistics without updating the running ones
+        (:meth:`MultiTaskModel.frozen_normalization_statistics`). So the losses before and after the update differ
+        by the update only, calling it again gives the same losses, and BatchNorm's statistics move once per step."""
+        cpu_state, device_state = rng
 
         @torch.no_grad()
         def recompute() -> Tensor:
-            with self._autocast():
-                outputs = self.model(inputs)
+            devices = [self.device] if device_state is not None else []
+            with torch.random.fork_rng(devices, device_type=self.device.type), \
+                    self.model.frozen_normalization_statistics():
+                torch.set_rng_state(cpu_state)
+                if device_state is not None:
+                    torch.cuda.set_rng_state(device_state, self.device)
+                with self._autocast():
+                    outputs = self.model(inputs)
             return self.distributed.global_losses(self.task_losses(outputs, targets), share) * factors
 
         return recompute
@@ -196,8 +226,8 @@ class Trainer:
         has one) and the ``(k,)`` effective weights. ``share`` is this rank's share of the global batch (torchrun)."""
         if not self.model.training:  # only evaluate() switches modes; walking every module each step costs ~2 %
             self.model.train()
-        if self.settings.nonfinite == "skip":  # a skipped step must not move BatchNorm's or the method's buffers either
-            self._buffers_before_step = [b.clone() for b in self._buffers()]
+        self._snapshot_before_step()
+        forward_rng = self._forward_rng_state()
         with self._autocast():
             z = self.model.encode(inputs)
             outputs = self.model.decode(z, inputs)
@@ -218,7 +248,7 @@ class Trainer:
             shared_representation=z,
             outputs=outputs,
             class_logits={task.name: task.metric.class_logits for task in self.tasks},
-            recompute_losses=self._recompute_losses(inputs, targets, factors, share),
+            recompute_losses=self._recompute_losses(inputs, targets, factors, share, forward_rng),
             distributed=self.distributed,
         )
         weights = self.weighting.backward(losses * factors, ctx) * factors
@@ -227,8 +257,11 @@ class Trainer:
             self.scaler.scale(penalty).backward()
             losses = torch.cat([losses, penalty.detach().float().reshape(1)])
         self.distributed.average_gradients([p for group in self.optimizer.param_groups for p in group["params"]])
+        overflowed = False
         if self.scaler.is_enabled():
-            self.scaler.unscale_(self.optimizer)  # GradScaler itself skips fp16 steps whose gradients overflowed
+            self.scaler.unscale_(self.optimizer)
+            # GradScaler skips the optimizer step when the gradients overflowed; the method must then not move either
+            overflowed = not self._gradients_finite(self._named_gradients())
         else:
             bad = self._non_finite_gradient()
             if bad is not None:
@@ -238,29 +271,51 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.weighting.after_optimizer_step(ctx)
+        if overflowed:
+            self.weighting.load_state_dict(self._weighting_before_step)
+        else:
+            self.weighting.after_optimizer_step(ctx)
         if self.scheduler_interval == "step":
             self.scheduler.step()
         return losses.detach(), weights.detach()
 
-    def _buffers(self) -> list[Tensor]:
-        return [*self.model.buffers(), *self.weighting.buffers()]
+    def _snapshot_before_step(self) -> None:
+        """Keep what a step that is left out must put back. ``trainer.nonfinite=skip``: the model's buffers
+        (BatchNorm's statistics), the global RNG states (dropout masks, methods that draw from them) and the
+        weighting's whole ``state_dict`` (buffers, parameters and extra state: random generators, step counters,
+        an optimizer of its own). fp16: the weighting's ``state_dict`` (GradScaler may skip the step).
+        Deep copies: one clone of the method's state per step, so only when it may be needed."""
+        if self.settings.nonfinite == "skip":
+            self._buffers_before_step = [b.clone() for b in self.model.buffers()]
+            self._rng_before_step = rng_state()
+        if self.settings.nonfinite == "skip" or self.scaler.is_enabled():
+            self._weighting_before_step = copy.deepcopy(self.weighting.state_dict())
+
+    def _named_gradients(self) -> list[tuple[str, Tensor]]:
+        """``(name, grad)`` of every model and weighting parameter that has a gradient."""
+        named = [*self.model.named_parameters(), *(("weighting." + n, p) for n, p in self.weighting.named_parameters())]
+        return [(name, p.grad) for name, p in named if p.grad is not None]
+
+    @staticmethod
+    def _gradients_finite(named: list[tuple[str, Tensor]]) -> bool:
+        """Whether every gradient is finite: one fused max-abs over all of them (NaN and inf propagate through it
+        and, unlike a 2-norm, it cannot overflow), read with one device sync. Under fp16 this is the sync GradScaler
+        makes anyway to decide whether to step, so it adds no stall."""
+        return bool(torch.isfinite(torch.stack(torch._foreach_norm([grad for _, grad in named], math.inf))).all())
 
     def _non_finite_gradient(self) -> str | None:
         """The name of the first model or weighting parameter whose gradient is not finite (one device sync when
-        all are), or None. The check is one fused max-abs over all gradients: NaN and inf propagate through it and,
-        unlike a 2-norm, it cannot overflow."""
-        named = [*self.model.named_parameters(), *(("weighting." + n, p) for n, p in self.weighting.named_parameters())]
-        named = [(name, p.grad) for name, p in named if p.grad is not None]
-        if torch.isfinite(torch.stack(torch._foreach_norm([grad for _, grad in named], math.inf))).all():
+        all are), or None."""
+        named = self._named_gradients()
+        if self._gradients_finite(named):
             return None
         return next(name for name, grad in named if not torch.isfinite(grad).all())
 
     def _non_finite_step(self, losses: Tensor, what: str) -> tuple[Tensor, Tensor]:
-        """A step whose ``what`` (a loss or a gradient) is not finite: the model and weighting (their buffers
-        included) and the optimizer are left untouched and the row is returned with its non-finite values (weights
-        NaN). ``trainer.nonfinite=skip`` counts the step and goes on; ``abort`` sets :attr:`abort_reason`, which
-        :meth:`fit` raises once the row is written."""
+        """A step whose ``what`` (a loss or a gradient) is not finite: the optimizer is not stepped and the row is
+        returned with its non-finite values (weights NaN). ``trainer.nonfinite=skip`` counts the step, puts back
+        what :meth:`_snapshot_before_step` kept (so model, method and RNGs are as if the batch had not been drawn)
+        and goes on; ``abort`` sets :attr:`abort_reason`, which :meth:`fit` raises once the row is written."""
         if self.settings.nonfinite == "abort":
             self.abort_reason = (
                 f"{what} is not finite at step {self.step + 1} (trainer.nonfinite=abort); try a lower optimizer.lr, "
@@ -270,8 +325,10 @@ class Trainer:
         else:
             self.skipped_steps += 1
             with torch.no_grad():
-                for buffer, saved in zip(self._buffers(), self._buffers_before_step):
+                for buffer, saved in zip(self.model.buffers(), self._buffers_before_step):
                     buffer.copy_(saved)
+            self.weighting.load_state_dict(self._weighting_before_step)
+            restore_rng_state(self._rng_before_step)
             if self.scheduler_interval == "step":
                 self.scheduler.step()
         losses = torch.cat([losses.detach(), losses.new_full((len(self.writer.loss_names) - len(losses),), math.nan)])
@@ -319,13 +376,20 @@ class Trainer:
         progress.update(steps[-1], losses[-1, :len(self.tasks)].tolist(), weights[-1].tolist())
 
     def _select(self, metrics: Metrics) -> None:
-        """``trainer.model_selection=best_val``: when the mean of the tasks' primary validation metrics improves
-        (Kurin et al., NeurIPS 2022: "model chosen by validation accuracy"), test this model and keep the result."""
-        score = sum(metrics[t.name][t.metric.primary] for t in self.tasks) / len(self.tasks)
-        higher = self.tasks[0].metric.higher_is_better[self.tasks[0].metric.primary]
-        if self.selected is None or (score > self.selected["score"] if higher else score < self.selected["score"]):
+        """``trainer.model_selection=best_val`` (Kurin et al., NeurIPS 2022: "model chosen by validation accuracy"):
+        when :func:`selection_score` against the run's first validation (:attr:`selection_reference`, kept in the
+        checkpoint) improves, test this model, keep the result and save it as ``checkpoints/best.pt``."""
+        primary = {t.name: metrics[t.name][t.metric.primary] for t in self.tasks}
+        if self.selection_reference is None:
+            self.selection_reference = primary
+        higher = {t.name: t.metric.higher_is_better[t.metric.primary] for t in self.tasks}
+        score = selection_score(primary, self.selection_reference, higher)
+        if self.selected is None or score > self.selected["score"]:
             self.selected = {"step": self.step, "epoch": self.epoch, "score": score, "val": metrics,
                              "test": self.evaluate("test")}
+            if self.settings.checkpoint:
+                self.writer.save_best_model({"model": self.model.state_dict(), "step": self.step,
+                                             "epoch": self.epoch, "score": score, "config": self.config})
 
     def _evaluate_and_log(self, progress: TrainingProgress, checkpoint: bool = True) -> Metrics:
         metrics = self.evaluate("val")
@@ -372,6 +436,7 @@ class Trainer:
         self.data_generator.set_state(state["data_generator"])
         for name, value in state["loop"].items():
             setattr(self, name, value.to(self.device) if isinstance(value, Tensor) else value)
+        self.resumed_from = state.get("run_dir")
 
     def _stop(self, signum: int, pending: list[tuple[int, Tensor, Tensor]], progress: TrainingProgress) -> None:
         """Flush, save a checkpoint and raise :class:`TrainingInterrupted` (after SIGINT/SIGTERM)."""
@@ -383,11 +448,30 @@ class Trainer:
             signum,
         )
 
+    def _end_epoch(self, seconds: float) -> None:
+        """Close an epoch whose every batch was trained on: count it, give the method the epoch's mean training
+        losses (:meth:`Weighting.after_epoch`) and step an epoch-interval scheduler."""
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self.epoch_times.append(seconds)
+        self.weighting.after_epoch(self.epoch, self.epoch_loss_sum / max(self.epoch_steps, 1))
+        self.epoch_loss_sum.zero_()
+        self.epoch_steps = 0
+        if self.scheduler_interval == "epoch":
+            self.scheduler.step()
+
     def fit(self) -> dict:
         """Train until ``max_steps`` or ``max_epochs`` (from where a resumed run left off); return the final
-        val/test metrics and the best val ones. SIGINT/SIGTERM stop after the current step with a checkpoint."""
+        val/test metrics and the best val ones. SIGINT/SIGTERM stop after the current step with a checkpoint.
+
+        Only complete epochs count (``epochs``, ``epoch_time_s``, :meth:`Weighting.after_epoch`, an epoch
+        scheduler, the per-epoch evaluation): when ``max_steps`` stops the run mid-epoch, the epoch's position, data
+        order and running loss sums stay in the loop state, so a run resumed with a larger ``max_steps`` finishes
+        that epoch with the same permutation, as an uninterrupted run would."""
         total = self.total_steps
         pending: list[tuple[int, Tensor, Tensor]] = []
+        if self.selected is not None and self.resumed_from is not None and self.settings.checkpoint:
+            self.writer.copy_best_model(self.resumed_from)  # the selected model so far, when in another directory
         with TrainingProgress(self.settings.progress, total, self.task_names) as progress, StopSignals() as signals:
             while self.step < total:
                 epoch_start = time.perf_counter()
@@ -412,17 +496,13 @@ class Trainer:
                         self._stop(signals.signum or signal.SIGTERM, pending, progress)
                     if self.step >= total:
                         break
-                self.epoch += 1
-                self.batch_in_epoch = 0
-                self.epoch_times.append(time.perf_counter() - epoch_start)
-                self.weighting.after_epoch(self.epoch, self.epoch_loss_sum / max(self.epoch_steps, 1))
-                self.epoch_loss_sum.zero_()
-                self.epoch_steps = 0
-                if self.scheduler_interval == "epoch":
-                    self.scheduler.step()
+                if self.batch_in_epoch < self.steps_per_epoch:  # max_steps stopped mid-epoch: a resume finishes it
+                    break
+                self._end_epoch(time.perf_counter() - epoch_start)
                 self._flush_steps(pending, progress)
                 if self.settings.eval_every is None:
                     self.final_val, self.evaluated_at = self._evaluate_and_log(progress), self.step
+            self._flush_steps(pending, progress)
             if self.evaluated_at != self.step:
                 self.final_val = self._evaluate_and_log(progress, checkpoint=False)
             final_test = self.evaluate("test")
