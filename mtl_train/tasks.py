@@ -1,19 +1,53 @@
 """Tasks: which target a task predicts, its loss and its metrics, built from ``cfg.task``.
 
-Each key of ``cfg.task`` is a task name; its node holds ``target`` (a target name of the dataset),
-``head``, ``loss`` and ``metric`` (each built through ``_target_``).
+Each key of ``cfg.task`` is a task name; its node holds ``target`` (a target name of the dataset), ``head``,
+``loss`` and ``metric`` (each built through ``_target_``), and the task's own sizes and output settings
+(:data:`TASK_SETTINGS`). The head YAMLs read those settings by interpolation (``num_classes: ${..num_outputs}``),
+so any head can be swapped in with ``heads@task.<name>.head=<option>`` and keeps the task's size.
+
+:func:`check_tasks_fit` runs the built model once on two training rows and stops with one message when a task's
+head, loss or metric does not fit its targets (e.g. ``loss@task.rhythm.loss=mse`` on class indices).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import torch
 from omegaconf import DictConfig
-from torch import nn
+from torch import Tensor, nn
 
-from mtl_train.errors import ConfigError
+from mtl_train.data.base import MultiTaskData
+from mtl_train.errors import ConfigError, UserError
+from mtl_train.losses.cross_entropy import CrossEntropy
+from mtl_train.losses.focal import FocalLoss
 from mtl_train.metrics.base import TaskMetric
+from mtl_train.model import MultiTaskModel
 from mtl_train.utils.instantiate import instantiate
+
+TASK_COMPONENTS = ("head", "loss", "metric")
+"""The ``_target_`` nodes of a task."""
+
+TASK_SETTINGS: dict[str, Any] = {
+    "target": str,            # the dataset target the task predicts
+    "head": dict,             # the head, loss and metric nodes (TASK_COMPONENTS)
+    "loss": dict,
+    "metric": dict,
+    "num_outputs": int,       # output channels: classes (classification, dense), channels (reconstruction), values
+    "upsample_stages": int,   # dense and reconstruction heads: x2 upsampling rounds (~log2 of the trunk's pooling)
+    "activation": str,        # reconstruction head: none | sigmoid (targets in [0, 1])
+    "offset": float,          # regression head: predictions are offset + scale * output, in the target's units
+    "scale": float,
+}
+"""Every key a task node may hold, with its type. Head settings a chosen head does not have are left unused."""
+
+CLASS_INDEX_LOSSES: tuple[type[nn.Module], ...] = (CrossEntropy, FocalLoss, nn.CrossEntropyLoss, nn.NLLLoss)
+"""Losses of logits ``(N, C, *S)`` against integer class indices ``(N, *S)`` (config options below)."""
+VALUE_LOSSES: tuple[type[nn.Module], ...] = (nn.MSELoss, nn.L1Loss, nn.HuberLoss, nn.SmoothL1Loss)
+"""Losses of predictions against float targets of the same shape (config options below)."""
+CLASS_INDEX_LOSS_OPTIONS = ("cross_entropy", "focal")
+VALUE_LOSS_OPTIONS = ("mse", "l1", "huber")
 
 
 @dataclass
@@ -47,3 +81,97 @@ def build_tasks(task_cfg: DictConfig, target_names: list[str]) -> list[Task]:
             )
         )
     return tasks
+
+
+def check_tasks_fit(model: MultiTaskModel, tasks: list[Task], data: MultiTaskData) -> None:
+    """Raise :class:`ConfigError` for the first task whose head, loss or metric does not fit its targets.
+
+    The model runs once on two training rows, in eval mode and without gradients (so no parameter, buffer or
+    random state changes), and each task's output meets its targets as in training (:func:`fit_problem`).
+    """
+    rows = data.train.head(2)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            outputs = model(rows.inputs.to(device))
+    finally:
+        model.train(was_training)
+    for task in tasks:
+        targets = [split.targets[task.target] for split in (data.train, data.val, data.test)]
+        largest = None if targets[0].is_floating_point() else max(int(t.max()) for t in targets if t.numel() > 0)
+        head = type(model.heads[task.name]).__name__
+        problem = fit_problem(task, head, outputs[task.name].float(), rows.targets[task.target].to(device), largest)
+        if problem is not None:
+            raise ConfigError(problem)
+
+
+def fit_problem(task: Task, head: str, output: Tensor, target: Tensor, largest_class: int | None) -> str | None:
+    """Why ``task`` cannot train on ``output`` (of the head class ``head``) against ``target``, or None when it can.
+
+    Integer targets are class indices ``(N, *S)``: the output must be logits ``(N, C, *S)`` with ``C`` above
+    ``largest_class`` (the largest index in the data), and the loss one of :data:`CLASS_INDEX_LOSSES`. Float
+    targets need an output of their shape and a loss that is not a class-index loss. Then the loss must give a
+    scalar on this batch, and the metric must accept it.
+    """
+    name, loss = task.name, type(task.loss).__name__
+    words, needed, head_option = target_needs(target)
+    described = f"outputs {shape_text(output.shape)}, targets are {words}"
+    if not target.is_floating_point():
+        if output.dim() != target.dim() + 1 or output.shape[2:] != target.shape[1:]:
+            return (f"task.{name}.head={head} does not fit task {name}: it {described}, which need {needed}; "
+                    f"use heads@task.{name}.head={head_option}")
+        if isinstance(task.loss, VALUE_LOSSES):
+            return (f"task.{name}.loss={loss} does not fit task {name}: head {head} {described}; "
+                    f"use loss@task.{name}.loss={' or '.join(CLASS_INDEX_LOSS_OPTIONS)}")
+        if largest_class is not None and output.shape[1] <= largest_class:
+            return (f"task.{name}.num_outputs: head {head} outputs {output.shape[1]} classes, but the targets of task "
+                    f"{name} hold class indices up to {largest_class}; set task.{name}.num_outputs={largest_class + 1}")
+    else:
+        if output.shape != target.shape:
+            return (f"task.{name}.head={head} does not fit task {name}: it {described}, which need {needed}; "
+                    f"use heads@task.{name}.head={head_option}")
+        if isinstance(task.loss, CLASS_INDEX_LOSSES):
+            return (f"task.{name}.loss={loss} does not fit task {name}: head {head} {described}; "
+                    f"use loss@task.{name}.loss={', '.join(VALUE_LOSS_OPTIONS[:-1])} or {VALUE_LOSS_OPTIONS[-1]}")
+    return run_problem(task, head, output, target, described)
+
+
+def run_problem(task: Task, head: str, output: Tensor, target: Tensor, described: str) -> str | None:
+    """Why ``task``'s loss or metric fails on this batch (or gives no scalar loss), or None when both work."""
+    name, loss = task.name, type(task.loss).__name__
+    try:
+        value = task.loss(output, target)
+    except UserError:
+        raise
+    except Exception as error:  # whatever a loss raises on inputs it does not accept
+        return f"task.{name}.loss={loss} does not fit task {name}: head {head} {described} ({error})"
+    if not isinstance(value, Tensor) or value.dim() != 0:
+        return (f"task.{name}.loss={loss} must return one number (a scalar tensor), got "
+                f"{getattr(value, 'shape', value)}; use a loss that averages (reduction mean)")
+    try:
+        task.metric.update(output, target)
+    except UserError:
+        raise
+    except Exception as error:  # whatever a metric raises on inputs it does not accept
+        return (f"task.{name}.metric={type(task.metric).__name__} does not fit task {name}: head {head} {described} "
+                f"({error})")
+    finally:
+        task.metric.reset()
+    return None
+
+
+def target_needs(target: Tensor) -> tuple[str, str, str]:
+    """``target`` in words, the output it needs, and the head option (``configs/heads/``) that gives that output."""
+    shape = shape_text(target.shape)
+    if not target.is_floating_point():
+        if target.dim() == 1:
+            return f"class indices {shape}", "logits (N, C)", "classification"
+        return f"class indices {shape}", f"logits (N, C, {', '.join(str(size) for size in target.shape[1:])})", "dense"
+    return f"values {shape}", f"predictions {shape}", "regression" if target.dim() == 1 else "reconstruction"
+
+
+def shape_text(shape: torch.Size) -> str:
+    """A batch shape with ``N`` for the batch size: ``(N,)``, ``(N, 4, 2500)``."""
+    return "(N,)" if len(shape) == 1 else f"(N, {', '.join(str(size) for size in shape[1:])})"

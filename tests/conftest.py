@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,14 @@ def write_tiny_family(raw: Path, seed: int) -> None:
     for prefix, n in (("train", 120), ("t10k", 40)):
         write_idx(raw / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, size=(n, 28, 28)))
         write_idx(raw / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, size=(n,)))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def checksum_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Data checksums (mtl_train.data.sources) are cached in a temporary folder, not in the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        yield
 
 
 @pytest.fixture(scope="session")

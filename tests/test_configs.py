@@ -10,11 +10,14 @@ from conftest import CONFIG_DIR, compose_config
 from omegaconf import OmegaConf, open_dict
 
 from mtl_train.backbones.base import Backbone
+from mtl_train.config_checks import check_config
 from mtl_train.metrics.base import TaskMetric
 from mtl_train.utils.instantiate import instantiate
 from mtl_train.weighting.base import Weighting
 
 REPO = Path(__file__).resolve().parents[1]
+REQUIRED_SCHEDULE_KEYS = {"task": "denoise", "tasks": ["rhythm"]}
+"""Values for the schedule keys the YAMLs leave required (???)."""
 
 
 def options(group: str) -> list[str]:
@@ -31,11 +34,16 @@ def test_every_group_has_options() -> None:
 
 
 @pytest.mark.parametrize("group", [g for g in GROUPS if g not in ("heads", "loss", "hydra")])
-def test_every_option_composes(group: str) -> None:
+def test_every_option_composes_and_passes_the_config_checks(group: str, tmp_path: Path) -> None:
     for option in options(group):
-        cfg = compose_config([f"{group}={option}"])
+        cfg = compose_config([f"{group}={option}"], output_dir=tmp_path)
+        if group == "schedule":  # the options with a required key (???) need it from the command line
+            with open_dict(cfg):
+                cfg.schedule.merge_with({key: REQUIRED_SCHEDULE_KEYS[key] for key in cfg.schedule.keys()
+                                         if OmegaConf.is_missing(cfg.schedule, key)})
         OmegaConf.to_container(cfg.task, resolve=True, throw_on_missing=True)
         assert cfg.trainer.device in ("auto", "cpu", "cuda")
+        check_config(cfg)
 
 
 @pytest.mark.parametrize("task", options("task"))
@@ -54,14 +62,43 @@ def test_task_components_instantiate(task: str) -> None:
 
 
 @pytest.mark.parametrize("option", options("heads"))
-def test_every_head_builds_and_runs(option: str) -> None:
-    node = OmegaConf.load(CONFIG_DIR / "heads" / f"{option}.yaml")
-    for key in ("num_classes", "num_outputs", "out_channels"):
-        if key in node.keys():
-            node[key] = 3
-    head = instantiate(node, "heads", in_channels=8, spatial_dims=2)
+def test_every_head_builds_and_runs_with_the_tasks_size(option: str) -> None:
+    """Each head YAML takes its output size from the task node it is mounted on (``task.<name>.num_outputs``)."""
+    head_node = OmegaConf.load(CONFIG_DIR / "heads" / f"{option}.yaml")
+    cfg = OmegaConf.create({"task": {"t": {"num_outputs": 3, "head": head_node}}})
+    head = instantiate(cfg.task.t.head, "task.t.head", in_channels=8, spatial_dims=2)
     out = head(torch.randn(2, 8, 7, 7), (28, 28))
-    assert out.shape[0] == 2 and torch.isfinite(out).all()
+    assert out.shape[:2] == (2, 3) and torch.isfinite(out).all()
+
+
+# (task set, task, head option swapped in, the spatial dims of the task set's backbone)
+HEAD_SWAPS = [
+    ("ecg_cls_rec", "rhythm", "multi_lenet_classification", 1),
+    ("ecg_cls_rec", "denoise", "dense", 1),
+    ("ecg_full", "rhythm", "regression", 1),
+    ("ecg_full", "heart_rate", "classification", 1),
+    ("ecg_full", "waves", "reconstruction", 1),
+    ("cls_rec", "rec", "dense", 2),
+    ("cls_rec", "cls", "reconstruction", 2),
+]
+
+
+@pytest.mark.parametrize(("task_set", "task", "head", "spatial_dims"), HEAD_SWAPS,
+                         ids=[f"{t}.{n}={h}" for t, n, h, _ in HEAD_SWAPS])
+def test_a_swapped_head_takes_the_tasks_settings_and_nothing_of_the_old_head(
+    task_set: str, task: str, head: str, spatial_dims: int
+) -> None:
+    """``heads@task.<name>.head=<option>`` builds the option with the task's ``num_outputs``; no key of the task
+    set's own head is merged into it (whether the head fits the task's targets is checked at build, see
+    tests/test_tasks.py)."""
+    cfg = compose_config([f"task={task_set}", f"heads@task.{task}.head={head}"])
+    node = cfg.task[task]
+    expected = OmegaConf.load(CONFIG_DIR / "heads" / f"{head}.yaml")
+    assert set(node.head.keys()) == set(expected.keys())
+    module = instantiate(node.head, f"task.{task}.head", in_channels=8, spatial_dims=spatial_dims)
+    features, size = (torch.randn(2, 8, 5), (40,)) if spatial_dims == 1 else (torch.randn(2, 8, 5, 5), (40, 40))
+    out = module(features, size)
+    assert out.shape[0] == 2 and (out.dim() == 1 or out.shape[1] == node.num_outputs)
 
 
 @pytest.mark.parametrize("option", options("loss"))
@@ -79,11 +116,10 @@ def test_every_weighting_builds(option: str) -> None:
 @pytest.mark.parametrize("option", options("schedule"))
 def test_every_schedule_builds(option: str) -> None:
     cfg = compose_config([f"schedule={option}"])
-    required = {"task": "denoise", "tasks": ["rhythm"]}
     with open_dict(cfg):
         for key in cfg.schedule.keys():
             if OmegaConf.is_missing(cfg.schedule, key):
-                cfg.schedule[key] = required[key]
+                cfg.schedule[key] = REQUIRED_SCHEDULE_KEYS[key]
     schedule = instantiate(cfg.schedule, "schedule", task_names=list(cfg.task))
     assert schedule.factors(0, 0.0).shape == (len(cfg.task),)
 
@@ -124,7 +160,7 @@ def test_task_set_switches_dataset_but_command_line_wins() -> None:
 def test_every_component_module_has_a_yaml(package: str, group: str) -> None:
     """One Python file + one YAML: each component module is the _target_ of some YAML in its group."""
     targets = " ".join((CONFIG_DIR / group / f).read_text() for f in [p.name for p in (CONFIG_DIR / group).glob("*.yaml")])
-    helpers = {"__init__", "base", "gradients", "gradient_based", "solvers", "qp", "hard", "image_family"}
+    helpers = {"__init__", "base", "gradients", "gradient_based", "solvers", "qp", "hard", "image_family", "sources"}
     for module in (REPO / "mtl_train" / package).glob("*.py"):
         if module.stem not in helpers:
             assert f"mtl_train.{package}.{module.stem}." in targets, f"no configs/{group}/*.yaml targets {module}"

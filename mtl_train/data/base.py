@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -44,11 +45,16 @@ class TensorSplit:
 
 @dataclass
 class MultiTaskData:
-    """Train/val/test splits plus the shape facts models are built from."""
+    """Train/val/test splits plus the shape facts models are built from.
+
+    ``sources`` records where the data came from (:mod:`mtl_train.data.sources`): the files read, with their
+    absolute paths and SHA-256, or the generator and seed of synthetic data. Hand-built data leaves it empty.
+    """
 
     train: TensorSplit
     val: TensorSplit
     test: TensorSplit
+    sources: dict[str, Any] = field(default_factory=dict)
 
     @property
     def in_channels(self) -> int:

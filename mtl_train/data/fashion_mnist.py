@@ -17,7 +17,8 @@ DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 class FashionMNIST(ImageFamilyDataset):
     """60k train / 10k test 28x28 garment images in 10 classes; the train set is split into train and val.
 
-    Search order: ``<root>/FashionMNIST/raw`` (torchvision's layout), then each of ``system_dirs`` (default:
+    Search order: the folders under ``root`` (torchvision's layout ``<root>/FashionMNIST/raw``, then
+    ``<root>/FashionMNIST``, ``<root>/raw`` and ``<root>``), then each of ``system_dirs`` (default:
     the Debian package's folder), then -- when ``download`` is true -- ``torchvision.datasets.FashionMNIST``'s
     download into ``<root>/FashionMNIST/raw``. IDX files may be plain or ``.gz``.
 
@@ -58,7 +59,7 @@ class FashionMNIST(ImageFamilyDataset):
         self.system_dirs = [Path(directory).expanduser() for directory in system_dirs]
 
     def search_dirs(self) -> list[Path]:
-        """``<root>/FashionMNIST/raw``, then the system dirs."""
+        """The folders under ``root`` (:meth:`ImageFamilyDataset.search_dirs`), then the system dirs."""
         return [*super().search_dirs(), *self.system_dirs]
 
     def extra_fixes(self) -> list[str]:

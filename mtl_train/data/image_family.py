@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from mtl_train.data.base import MultiTaskData, TensorSplit
+from mtl_train.data.sources import file_sources, log_sources
 from mtl_train.errors import ConfigError, DataNotFoundError
 
 IMAGE_SIZE = 28
@@ -87,12 +88,14 @@ def missing_stems(directory: Path) -> list[str]:
 
 @dataclass
 class RawImages:
-    """The official splits as loaded: uint8 images ``(N, 28, 28)`` and integer labels ``(N,)``."""
+    """The official splits as loaded: uint8 images ``(N, 28, 28)`` and integer labels ``(N,)``, and the files
+    they were read from."""
 
     train_images: Tensor
     train_labels: Tensor
     test_images: Tensor
     test_labels: Tensor
+    files: tuple[Path, ...] = ()
 
 
 def read_split(directory: Path, split: str) -> tuple[Tensor, Tensor]:
@@ -108,13 +111,20 @@ def read_split(directory: Path, split: str) -> tuple[Tensor, Tensor]:
     return images, labels
 
 
+def idx_files(directory: Path) -> tuple[Path, ...]:
+    """The IDX files of ``directory`` that :func:`read_split` reads (each stem plain, else ``.gz``), in
+    :data:`ALL_STEMS` order; stems found in neither form are left out."""
+    return tuple(path for path in (find_idx(directory, stem) for stem in ALL_STEMS) if path is not None)
+
+
 def read_dir(directory: Path) -> RawImages:
     """All four IDX files of ``directory`` (see :func:`missing_stems` to check they are there)."""
-    return RawImages(*read_split(directory, "train"), *read_split(directory, "test"))
+    return RawImages(*read_split(directory, "train"), *read_split(directory, "test"), files=idx_files(directory))
 
 
 def download_with_torchvision(dataset_name: str, root: Path) -> RawImages:
-    """Download (or reuse) ``torchvision.datasets.<dataset_name>`` under ``root`` and return its tensors.
+    """Download (or reuse) ``torchvision.datasets.<dataset_name>`` under ``root`` and return its tensors, with the
+    files torchvision read (``<root>/<dataset_name>/raw``).
 
     Errors from torchvision (no network: ``URLError``/``OSError``; every mirror failed: ``RuntimeError``)
     propagate; the caller turns them into :class:`DataNotFoundError`.
@@ -124,7 +134,8 @@ def download_with_torchvision(dataset_name: str, root: Path) -> RawImages:
     dataset_cls = getattr(torchvision.datasets, dataset_name)
     train = dataset_cls(str(root), train=True, download=True)
     test = dataset_cls(str(root), train=False, download=True)
-    return RawImages(train.data, train.targets.long(), test.data, test.targets.long())
+    files = idx_files(root / dataset_name / "raw")
+    return RawImages(train.data, train.targets.long(), test.data, test.targets.long(), files=files)
 
 
 def split_indices(n_rows: int, val_size: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -165,7 +176,8 @@ class ImageFamilyDataset:
     """Base of the MNIST-family datasets: finds the IDX files, splits them, builds tensors in memory.
 
     Args:
-        root: folder holding ``<Name>/raw`` (torchvision's layout); downloads go there too.
+        root: folder holding the IDX files, directly or in ``<Name>/raw`` (torchvision's layout), ``<Name>`` or
+            ``raw`` (:meth:`search_dirs`); downloads go to ``<root>/<Name>/raw``.
         download: download with torchvision when the files are found nowhere.
         val_size: rows of the official 60k training set held out for validation, chosen by a permutation
             seeded with ``seed`` (the rest is the train split).
@@ -209,8 +221,9 @@ class ImageFamilyDataset:
         self.seed = seed
 
     def search_dirs(self) -> list[Path]:
-        """Folders searched, in order, for the IDX files before downloading."""
-        return [self.root / self.name / "raw"]
+        """Folders searched, in order, for the IDX files before downloading: torchvision's layout
+        ``<root>/<Name>/raw``, then ``<root>/<Name>``, ``<root>/raw`` and ``<root>`` itself."""
+        return [self.root / self.name / "raw", self.root / self.name, self.root / "raw", self.root]
 
     def extra_fixes(self) -> list[str]:
         """Dataset-specific fixes listed in the not-found message (besides download / root / synthetic)."""
@@ -255,15 +268,18 @@ class ImageFamilyDataset:
         lines += [
             "Fixes:",
             f"  - go online and run with dataset.download=true (files are saved under {raw_dir});",
-            f"  - or set dataset.root=/path/with so that /path/with/{self.name}/raw holds the IDX files;",
+            f"  - or set dataset.root to the folder holding the IDX files (or its {self.name}/raw subfolder);",
             *(f"  - or {fix};" for fix in self.extra_fixes()),
             "  - or train offline on synthetic data: run `mtl-train` (the default synthetic ECG task).",
         ]
         return "\n".join(lines)
 
     def build(self) -> MultiTaskData:
-        """Load the data and return the train/val/test splits as tensors (see the module docstring)."""
+        """Load the data and return the train/val/test splits as tensors (see the module docstring), with the files
+        read and their checksums as ``sources`` (also logged)."""
         raw = self.load_raw()
+        sources = file_sources(self.name, raw.files)
+        log_sources(sources)
         n_rows = raw.train_images.shape[0]
         if self.val_size >= n_rows:
             raise ConfigError(
@@ -278,4 +294,5 @@ class ImageFamilyDataset:
             train=make_split(raw.train_images[train_idx], raw.train_labels[train_idx], *stats),
             val=make_split(raw.train_images[val_idx], raw.train_labels[val_idx], *stats),
             test=make_split(raw.test_images[test_rows], raw.test_labels[test_rows], *stats),
+            sources=sources,
         )

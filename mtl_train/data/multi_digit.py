@@ -46,6 +46,7 @@ from mtl_train.data.image_family import (
     split_indices,
 )
 from mtl_train.data.mnist import MNIST
+from mtl_train.data.sources import file_sources, log_sources
 from mtl_train.errors import ConfigError, DataNotFoundError
 from mtl_train.utils.io import save_torch
 
@@ -156,7 +157,7 @@ class MultiDigit:
             bottom-right items. Their IDX files are found as by :class:`~mtl_train.data.mnist.MNIST` and
             :class:`~mtl_train.data.fashion_mnist.FashionMNIST`.
         recipe: ``sener`` (28x28, 1 pair per image) or ``pareto`` (36x36, 2 pairs per image).
-        root: data root: the sources' ``<root>/<Name>/raw`` and the cache ``<root>/multi_digit/``.
+        root: data root: the sources' IDX files (found as by their datasets) and the cache ``<root>/multi_digit/``.
         download: let torchvision download a missing source.
         val_size: official training rows of each source held out for validation (seeded by ``seed``).
         num_train: keep only the first ``num_train`` train pairs and at most as many val pairs (None: all).
@@ -272,25 +273,35 @@ class MultiDigit:
                                     "(or is damaged); delete it and it is rebuilt on the next run")
         return cache["splits"]
 
-    def load_or_compose(self) -> dict[str, dict[str, Tensor]]:
-        """The cached splits for these parameters, composing and caching them first when there are none."""
+    def load_or_compose(self) -> tuple[dict[str, dict[str, Tensor]], dict]:
+        """The cached splits for these parameters, composing and caching them first when there are none, and where
+        they came from (:meth:`provenance`)."""
         left, right = self.load_sources()
         params = self.cache_params(left, right)
         path = self.cache_path(params)
         if path.is_file():
-            return self.read_cache(path, params)
-        splits = self.compose(left, right)
-        try:
-            save_torch(path, {"params": params, "splits": splits})
-        except OSError as err:
-            log.warning(f"could not cache the composed pairs in {path} ({err}); they are composed again next run")
+            splits = self.read_cache(path, params)
         else:
-            log.info(f"composed {self.recipe} pairs and cached them in {path}")
-        return splits
+            splits = self.compose(left, right)
+            try:
+                save_torch(path, {"params": params, "splits": splits})
+            except OSError as err:
+                log.warning(f"could not cache the composed pairs in {path} ({err}); they are composed again next run")
+            else:
+                log.info(f"composed {self.recipe} pairs and cached them in {path}")
+        return splits, self.provenance(left, right, path)
+
+    def provenance(self, left: RawImages, right: RawImages, cache: Path) -> dict:
+        """The sources' files with their checksums, and the cache file of the pairs (None when it was not written)."""
+        name = f"MultiDigit ({self.left_source} + {self.right_source}, recipe {self.recipe})"
+        files = dict.fromkeys([*left.files, *right.files])  # one entry per file when both sides share a source
+        return {**file_sources(name, files), "cache": str(cache) if cache.is_file() else None}
 
     def build(self) -> MultiTaskData:
-        """Load (or compose) the pairs and return the train/val/test splits as tensors (module docstring)."""
-        splits = self.load_or_compose()
+        """Load (or compose) the pairs and return the train/val/test splits as tensors (module docstring), with the
+        source files, their checksums and the cache file as ``sources`` (also logged)."""
+        splits, sources = self.load_or_compose()
+        log_sources(sources)
         limits = {"train": self.num_train, "val": self.num_train, "test": self.num_test}
         out = {}
         for split, limit in limits.items():
@@ -299,4 +310,4 @@ class MultiDigit:
             if self.recipe == "sener":
                 inputs = inputs.sub_(SENER_MEAN).div_(SENER_STD)
             out[split] = TensorSplit(inputs, {"left": pairs["left"][:limit], "right": pairs["right"][:limit]})
-        return MultiTaskData(**out)
+        return MultiTaskData(**out, sources=sources)

@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from mtl_train.data.base import MultiTaskData, TensorSplit
+from mtl_train.data.sources import log_sources
 from mtl_train.errors import ConfigError
 
 RHYTHM_CLASSES = ("normal", "bradycardia", "tachycardia", "af")
@@ -364,9 +365,17 @@ class SyntheticECG:
         return TensorSplit(seg.noisy.unsqueeze(1), targets)
 
     def build(self) -> MultiTaskData:
-        """Generate the train, val and test splits."""
+        """Generate the train, val and test splits; ``sources`` names the generator and the seeds (also logged)."""
+        sources = {
+            "dataset": "SyntheticECG",
+            "generator": f"{generate_ecg.__module__}.{generate_ecg.__qualname__}",
+            "seed": self.seed,
+            "split_seeds": {split: 3 * self.seed + offset for offset, split in enumerate(("train", "val", "test"))},
+        }
+        log_sources(sources)
         return MultiTaskData(
             train=self._split(self.num_train, 0),
             val=self._split(self.num_val, 1),
             test=self._split(self.num_test, 2),
+            sources=sources,
         )

@@ -1,29 +1,92 @@
-"""The one place where config nodes become objects (so a ``_target_`` allow-list can be added here later)."""
+"""The one place where config nodes become objects, after their keys and values are checked against the target.
+
+A node's keys (less Hydra's own and those the caller passes) must be parameters of its ``_target_``'s signature
+(``inspect.signature``; a target taking ``**kwargs`` accepts any key), and each value must match the parameter's
+type hint (``typing.get_type_hints``; see :mod:`mtl_train.utils.config_values`).
+"""
 
 from __future__ import annotations
 
+import inspect
+import typing
+from collections.abc import Iterable
 from typing import Any
 
 import hydra
 from hydra.errors import InstantiationException
+from hydra.utils import get_object
 from omegaconf import DictConfig
 
 from mtl_train.errors import ConfigError, UserError
+from mtl_train.utils.config_values import check_keys, check_value
+
+HYDRA_KEYS = frozenset({"_target_", "_partial_", "_convert_", "_recursive_", "_args_"})
+"""Keys Hydra's instantiate reads itself; they are not arguments of the target."""
+
+MERGED_KEY_FIX = "; if a task set or experiment sets it for another option, remove it with ~{key}"
+"""Added to an unknown key: task sets and experiments set keys of the options they choose, which stay when the
+command line picks another option of the group (e.g. ``experiment=sener_multi_mnist weighting=ew``)."""
 
 
 def instantiate(node: DictConfig, key: str, **kwargs: Any) -> Any:
     """Build ``node`` (the config at ``key``) with call-site ``kwargs`` overriding its fields.
 
-    Errors raised by the target are reported as one :class:`ConfigError` naming ``key``; a
-    :class:`UserError` raised by our own code passes through unchanged.
+    The node is checked first (:func:`check_node`). Errors raised by the target are reported as one
+    :class:`ConfigError` naming ``key``; a :class:`UserError` raised by our own code passes through unchanged.
     """
+    check_node(node, key, kwargs)
     try:
         return hydra.utils.instantiate(node, _convert_="all", **kwargs)
     except InstantiationException as error:
         cause = error.__cause__
         if isinstance(cause, UserError):
             raise cause from None
-        target = node.get("_target_", "?") if isinstance(node, DictConfig) else "?"
         reason = cause if cause is not None else error
-        raise ConfigError(f"could not build `{key}` ({target}): {reason}. Check the keys under `{key}` "
+        raise ConfigError(f"could not build `{key}` ({node._target_}): {reason}. Check the keys under `{key}` "
                           f"(`mtl-train --cfg job` prints the composed config).") from None
+
+
+def check_node(node: Any, key: str, injected: Iterable[str] = ()) -> None:
+    """Check the ``_target_`` node ``node`` found at ``key``: each of its keys, less Hydra's own and the
+    ``injected`` ones (which the caller passes when it builds the node), must be a parameter of the target,
+    set, and of the parameter's type. Nested ``_target_`` nodes are checked the same way."""
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        raise ConfigError(f"{key} must be a config node with a _target_ (pick an option of its config group), "
+                          f"got {node!r}")
+    target = load_target(node, key)
+    parameters = inspect.signature(target).parameters
+    skipped = HYDRA_KEYS | set(injected)
+    keys = [str(name) for name in node.keys() if name not in skipped]
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        valid = [name for name, p in parameters.items() if name not in skipped and p.kind in
+                 (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+        check_keys(key, keys, valid, f"setting of {target.__name__}", MERGED_KEY_FIX)
+    hints = target_hints(target)
+    for name in keys:
+        child = node._get_node(name)
+        if isinstance(child, DictConfig) and "_target_" in child:
+            check_node(child, f"{key}.{name}")
+            continue
+        parameter = parameters.get(name)
+        default = None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
+        check_value(node, name, f"{key}.{name}", hints.get(name, Any), default)
+
+
+def load_target(node: DictConfig, key: str) -> Any:
+    """The class or function ``node._target_`` names."""
+    try:
+        return get_object(node._target_)
+    except Exception as error:  # Hydra's locate raises ImportError, or whatever importing the module raises
+        reason = " ".join(str(error).split())
+        raise ConfigError(f"{key}._target_={node._target_!r} cannot be imported ({reason}); pick an option of the "
+                          "config group (`mtl-train --help` lists them)") from None
+
+
+def target_hints(target: Any) -> dict[str, Any]:
+    """The evaluated type hints of ``target``'s parameters (its ``__init__``'s for a class); empty when they
+    cannot be evaluated (then only the keys are checked)."""
+    function = target.__init__ if inspect.isclass(target) else target
+    try:
+        return typing.get_type_hints(function)
+    except Exception:  # an unresolvable forward reference in a third-party target
+        return {}

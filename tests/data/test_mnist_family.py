@@ -4,6 +4,8 @@ one ``slow`` test, which reads the Debian Fashion-MNIST package when it is insta
 from __future__ import annotations
 
 import gzip
+import hashlib
+import logging
 import struct
 from pathlib import Path
 from urllib.error import URLError
@@ -167,6 +169,37 @@ def test_fashion_mnist_prefers_the_root_layout(tmp_path: Path) -> None:
     write_family(tmp_path / "FashionMNIST" / "raw", gz=False)
     data = FashionMNIST(root=str(tmp_path), download=False, val_size=4, system_dirs=[str(system)]).build()
     assert row_ids(data.test) == list(range(N_TEST))
+
+
+@pytest.mark.parametrize("folder", ["", "raw", "FashionMNIST", "FashionMNIST/raw"])
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gz"])
+def test_idx_files_are_found_where_a_user_puts_them_and_recorded(tmp_path: Path, folder: str, gz: bool,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """``dataset.root`` may hold the IDX files itself, in ``raw/``, ``<Name>/`` or ``<Name>/raw/``; the data records
+    (and logs) the absolute path and SHA-256 of each file it read, and no system copy is used."""
+    directory = tmp_path / "root" / folder
+    write_family(directory, gz=gz)
+    system = tmp_path / "system"
+    write_family(system, gz=True, offset=100)
+    with caplog.at_level(logging.INFO, logger="mtl_train.data.sources"):
+        data = FashionMNIST(root=str(tmp_path / "root"), download=False, val_size=4, system_dirs=[str(system)]).build()
+    assert row_ids(data.test) == list(range(N_TEST))  # not the system copy (offset 100)
+    suffix = ".gz" if gz else ""
+    stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    paths = [directory / f"{stem}{suffix}" for stem in stems]
+    assert data.sources == {"dataset": "FashionMNIST", "files": [
+        {"path": str(path), "bytes": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+        for path in paths]}
+    assert caplog.messages == [f"data: FashionMNIST from {directory}/{{{', '.join(p.name for p in paths)}}}"]
+
+
+def test_a_system_copy_in_use_is_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    system = tmp_path / "system"
+    write_family(system, gz=True)
+    with caplog.at_level(logging.INFO, logger="mtl_train.data.sources"):
+        data = FashionMNIST(root=str(tmp_path / "root"), download=False, val_size=4, system_dirs=[str(system)]).build()
+    assert [Path(record["path"]).parent for record in data.sources["files"]] == [system] * 4
+    assert caplog.messages[0].startswith(f"data: FashionMNIST from {system}/{{train-images-idx3-ubyte.gz, ")
 
 
 def test_download_is_used_when_no_folder_has_the_files(tmp_path: Path, monkeypatch) -> None:

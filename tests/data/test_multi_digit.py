@@ -225,6 +225,22 @@ def test_cache_is_written_then_read_back_without_composing(root: Path, monkeypat
         dataset(root, recipe="pareto", seed=4).build()
 
 
+def test_sources_name_every_source_file_once_and_the_cache(root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="mtl_train.data.sources"):
+        same = dataset(root).build()  # MultiMNIST: one source for both sides
+        mixed = dataset(root, left_source="mnist", right_source="fashion_mnist", recipe="pareto").build()
+    (cache,) = (root / "multi_digit").glob("mnist+mnist-*.pt")
+    assert same.sources["dataset"] == "MultiDigit (mnist + mnist, recipe sener)"
+    assert [Path(f["path"]).parent for f in same.sources["files"]] == [root / "MNIST" / "raw"] * 4
+    assert same.sources["cache"] == str(cache)
+    assert [Path(f["path"]).parent.parent.name for f in mixed.sources["files"]] == ["MNIST"] * 4 + ["FashionMNIST"] * 4
+    assert all(len(f["sha256"]) == 64 for f in mixed.sources["files"])
+    sources_lines = [m for m in caplog.messages if m.startswith("data: ")]
+    assert sources_lines[0] == (f"data: MultiDigit (mnist + mnist, recipe sener) from {root}/MNIST/raw/"
+                                "{train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
+                                f"t10k-labels-idx1-ubyte.gz}}; pairs cached in {cache}")
+
+
 def test_damaged_cache_names_the_file_and_says_delete_it(root: Path) -> None:
     dataset(root).build()
     (path,) = (root / "multi_digit").iterdir()

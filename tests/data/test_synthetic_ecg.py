@@ -145,6 +145,8 @@ def test_build_splits() -> None:
     assert data.in_channels == 1 and data.spatial_size == (length,)
     assert not torch.equal(data.train.inputs[:5], data.val.inputs)
     assert SyntheticECG.num_classes == 4 and SyntheticECG.num_wave_classes == 4
+    assert data.sources == {"dataset": "SyntheticECG", "generator": "mtl_train.data.synthetic_ecg.generate_ecg",
+                            "seed": 2, "split_seeds": {"train": 6, "val": 7, "test": 8}}
 
 
 @pytest.mark.parametrize(
