@@ -16,6 +16,10 @@ The repository and LibMTL call ``torch.symeig``, removed from PyTorch; this uses
 on the gradients' device; ``eigh`` checks its convergence flag, one host synchronisation per call). Rank
 truncation is done with masks, not by slicing, so no other synchronisation occurs. ``mode="rep"`` gives
 Aligned-MTL-UB (gradients w.r.t. the shared representation z).
+
+A task whose loss is exactly 0 (switched off by the training schedule) has a zero gradient, whose eigen-direction
+(eigenvalue 0) is dropped, so the scale and B are those of the active tasks; its importance and its weight are set
+to 0. With one active task, d is its gradient.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 from torch import Tensor
 
 from mtl_train.errors import ConfigError
+from mtl_train.weighting.base import active_tasks
 from mtl_train.weighting.gradient_based import Aggregation, GradientWeighting
 
 SCALE_MODES = ("min", "median", "rmse")
@@ -101,5 +106,8 @@ class AlignedMTL(GradientWeighting):
         return [float(w) for w in weights]
 
     def aggregate(self, grads: Tensor, losses: Tensor) -> Aggregation:
-        alpha = aligned_mtl_weights(grads @ grads.T, self.task_weights, self.scale_mode, data_dtype=grads.dtype)
+        active = active_tasks(losses)
+        task_weights = torch.where(active, self.task_weights.to(grads), 0.0)
+        alpha = aligned_mtl_weights(grads @ grads.T, task_weights, self.scale_mode, data_dtype=grads.dtype)
+        alpha = torch.where(active, alpha, 0.0)
         return Aggregation(alpha @ grads, alpha)

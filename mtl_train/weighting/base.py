@@ -49,8 +49,11 @@ class StepContext:
 
     ``inputs`` is the batch x; ``shared_representation`` is z (the trunk's output, still in the graph); ``outputs`` are the task outputs
     (in the graph); ``class_logits[task]`` says whether a task's output holds class logits along dim 1;
-    ``recompute_losses()`` evaluates the task losses again on the same batch with the current parameters,
-    without gradients (for methods that compare losses before and after the update, e.g. FAMO). ``distributed``
+    ``recompute_losses()`` evaluates the (scheduled) task losses again on the same batch with the current
+    parameters, without gradients (for methods that compare losses before and after the update, e.g. FAMO). That
+    forward computes the training forward's function: the same dropout masks, and BatchNorm normalising with the
+    batch's own statistics without updating its running statistics (which thus move once per step), so the two
+    losses differ by the parameter update alone. ``distributed``
     reduces per-task gradients over torchrun ranks (:meth:`~mtl_train.engine.distributed.Distributed.task_gradients`;
     the identity in a single process).
     """
@@ -116,3 +119,18 @@ class Weighting(nn.Module, ABC):
 
     def after_evaluation(self, metrics: dict[str, dict[str, float]]) -> None:
         """Called after every validation with ``{task: {metric: value}}``. No-op by default."""
+
+
+def active_tasks(losses: Tensor) -> Tensor:
+    """``(k,)`` bool: the tasks that train in this step. A task whose loss is exactly 0 (switched off by the
+    training schedule, see :mod:`mtl_train.schedules`) is inactive: a method gives it weight 0, moves none of its
+    own state for it and updates the model from the active tasks alone."""
+    return losses.detach() != 0
+
+
+def share_over_active(scores: Tensor, active: Tensor) -> Tensor:
+    """Non-negative ``scores`` of the ``active`` tasks rescaled to sum to 1; 0 for the inactive tasks (and for all
+    tasks when the active scores sum to 0). For methods whose weights lie on the simplex."""
+    masked = torch.where(active, scores, 0.0)
+    total = masked.sum()
+    return torch.where(total > 0, masked / torch.where(total > 0, total, 1.0), 0.0)

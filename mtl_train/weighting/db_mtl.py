@@ -16,6 +16,10 @@ The reported weights are alpha_s / (||g^_t|| + eps), the weights of d with respe
 eps = 1e-8 (the paper grid-searches beta over {0.1, 0.5, 0.9} and the same divided by sqrt(s)). As in LibMTL,
 only ``mode="params"``: the EMA of gradients w.r.t. the shared representation would mix different batches' samples.
 The EMA buffer (k, d) is created on the first step (d is not known before); the state dict carries its shape.
+
+A task whose loss is exactly 0 (switched off by the training schedule) is inactive: its EMA row keeps its value
+(averaging in its zero gradient would shrink it while the task is off), it gets weight 0, and alpha_s is the largest
+norm among the active tasks, so d = alpha_s sum over the active t of g^_t / (||g^_t|| + eps).
 """
 
 from __future__ import annotations
@@ -26,15 +30,18 @@ import torch
 from torch import Tensor
 
 from mtl_train.errors import ConfigError
-from mtl_train.weighting.base import StepContext
+from mtl_train.weighting.base import StepContext, active_tasks
 from mtl_train.weighting.gradient_based import Aggregation, GradientWeighting
 
 
-def db_mtl_direction(ema_grads: Tensor, eps: float = 1e-8) -> Aggregation:
-    """DB-MTL's direction from the ``(k, d)`` EMA gradients: ``max_t ||g^_t|| * sum_t g^_t / (||g^_t|| + eps)``;
-    the weights are w.r.t. the rows of ``ema_grads``."""
-    norms = ema_grads.norm(dim=1)
-    weights = norms.max() / (norms + eps)
+def db_mtl_direction(ema_grads: Tensor, eps: float = 1e-8, active: Tensor | None = None) -> Aggregation:
+    """DB-MTL's direction from the ``(k, d)`` EMA gradients: ``max_t ||g^_t|| * sum_t g^_t / (||g^_t|| + eps)``
+    over the ``active`` tasks (``(k,)`` bool, default all; the others get weight 0); the weights are w.r.t. the
+    rows of ``ema_grads``."""
+    if active is None:
+        active = torch.ones(ema_grads.shape[0], dtype=torch.bool, device=ema_grads.device)
+    norms = torch.where(active, ema_grads.norm(dim=1), 0.0)
+    weights = torch.where(active, norms.max() / (norms + eps), 0.0)
     return Aggregation(weights @ ema_grads, weights)
 
 
@@ -73,8 +80,10 @@ class DBMTL(GradientWeighting):
             self.ema_grads = torch.zeros(saved.shape, dtype=saved.dtype, device=self.ema_grads.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def backward(self, losses: Tensor, ctx: StepContext) -> Tensor:
-        return super().backward(torch.log(losses + self.eps), ctx)
+    def task_gradients(self, losses: Tensor, ctx: StepContext, combine: Tensor | None = None) -> Tensor:
+        """G of the log losses log(L_t + eps) (see :meth:`GradientWeighting.task_gradients`); :meth:`aggregate`
+        still gets the losses themselves, so it can tell the inactive tasks."""
+        return super().task_gradients(torch.log(losses + self.eps), ctx, combine)
 
     def aggregate(self, grads: Tensor, losses: Tensor) -> Aggregation:
         if self.ema_grads.numel() == 0:
@@ -82,7 +91,9 @@ class DBMTL(GradientWeighting):
         elif self.ema_grads.shape != grads.shape:
             raise RuntimeError(f"DB-MTL's EMA gradients have shape {tuple(self.ema_grads.shape)} but this step's "
                                f"gradients have {tuple(grads.shape)}; the shared parameters changed")
+        active = active_tasks(losses)
         self.steps += 1
         beta = self.beta / self.steps.to(grads.dtype) ** self.beta_sigma
-        self.ema_grads.mul_(beta).add_((1.0 - beta) * grads)
-        return db_mtl_direction(self.ema_grads, self.eps)
+        self.ema_grads.copy_(torch.where(active.unsqueeze(1), beta * self.ema_grads + (1.0 - beta) * grads,
+                                         self.ema_grads))
+        return db_mtl_direction(self.ema_grads, self.eps, active)

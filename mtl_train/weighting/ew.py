@@ -2,20 +2,20 @@
 
 Kurin et al., "In Defense of the Unitary Scalarization for Deep Multi-Task Learning", NeurIPS 2022.
 We sum (weight 1 per task), as Kurin et al., LibMTL and Nash-MTL's ``ls`` do; Sener's "uniform scaling" divides by
-the task count, which is ``weighting=static`` with weights 1/k (the same up to the learning rate).
+the task count, which is ``weighting=static`` with weights 1/k (the same up to the learning rate). A task whose loss
+is exactly 0 (switched off by the training schedule) gets weight 0.
 """
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from mtl_train.weighting.base import StepContext, Weighting
+from mtl_train.weighting.base import StepContext, Weighting, active_tasks
 
 
 class EqualWeighting(Weighting):
-    """Every task loss with weight 1."""
+    """Every active task loss with weight 1."""
 
     def backward(self, losses: Tensor, ctx: StepContext) -> Tensor:
         ctx.scale(losses.sum()).backward()
-        return torch.ones_like(losses).detach()
+        return active_tasks(losses).to(losses.dtype)

@@ -20,12 +20,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtl_train.weighting.base import StepContext, Weighting
+from mtl_train.weighting.base import StepContext, Weighting, active_tasks
 
 
 def geometric_mean_loss(losses: Tensor) -> tuple[Tensor, Tensor]:
     """The geometric mean of the non-zero losses (differentiable) and the ``(k,)`` weights dL/dL_t (detached)."""
-    active = losses != 0
+    active = active_tasks(losses)
     count = active.sum().clamp_min(1)
     log_losses = torch.where(active, torch.log(torch.where(active, losses, 1.0)), 0.0)
     total = torch.exp(log_losses.sum() / count)

@@ -9,23 +9,31 @@ heuristics (compare GradNorm, Chen et al., ICML 2018, which instead *equalises* 
 sum to 1 (when every gradient is zero they are 1/k; the direction is then zero anyway). Only the norms
 ||g_i|| = sqrt(M_ii) of the Gramian M = G G^T are needed. No hyperparameters besides ``mode``; default
 ``mode="params"`` (gradients w.r.t. the shared parameters).
+
+A task whose loss is exactly 0 (switched off by the training schedule) gets weight 0 and the sums run over the
+active tasks only (with every active gradient zero, each active task gets 1 / their count).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor
 
+from mtl_train.weighting.base import active_tasks
 from mtl_train.weighting.gradient_based import Aggregation, GradientWeighting, weighted_sum
 from mtl_train.weighting.solvers import gramian
 
 
-def grad_norm_proportional_weights(gram: Tensor) -> Tensor:
-    """w_i = ||g_i|| / sum_j ||g_j|| from the Gramian M (k x k) of the per-task gradients (1/k if all are zero)."""
-    norms = gram.diagonal().clamp_min(0).sqrt()
+def grad_norm_proportional_weights(gram: Tensor, active: Tensor | None = None) -> Tensor:
+    """w_i = ||g_i|| / sum_j ||g_j|| from the Gramian M (k x k) of the per-task gradients, over the ``active`` tasks
+    (``(k,)`` bool, default all; the others get 0); 1 / (their count) each if all their gradients are zero."""
+    if active is None:
+        active = torch.ones(gram.shape[0], dtype=torch.bool, device=gram.device)
+    norms = torch.where(active, gram.diagonal().clamp_min(0).sqrt(), 0.0)
     total = norms.sum()
-    uniform = norms.new_full(norms.shape, 1.0 / norms.shape[0])
+    uniform = active.to(norms.dtype) / active.sum().clamp_min(1)
     return (norms / total.clamp_min(1e-300)).where(total > 0, uniform)
 
 
@@ -36,5 +44,5 @@ class GradNormProportional(GradientWeighting):
         super().__init__(task_names, mode=mode, jacobian=jacobian)
 
     def aggregate(self, grads: Tensor, losses: Tensor) -> Aggregation:
-        weights = grad_norm_proportional_weights(gramian(grads)).to(grads.dtype)
+        weights = grad_norm_proportional_weights(gramian(grads), active_tasks(losses)).to(grads.dtype)
         return weighted_sum(grads, weights)

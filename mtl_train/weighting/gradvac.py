@@ -23,6 +23,11 @@ own value is unverified (possibly 1e-2). ``ema_update="always"`` updates phi^ fo
 Algorithm 1 of the paper read (from memory, unverified); ``"on_adjust"`` updates it only when the pair was
 adjusted, as LibMTL and the Aligned-MTL repository do (their EMA line sits inside the ``if``; phi^ can then only
 decrease from 0, so targets stay <= 0). LibMTL's 1e-8 guards in both denominators are kept.
+
+A task whose loss is exactly 0 (switched off by the training schedule) has a zero gradient and no cosine with any
+other: its pairs are neither adjusted nor do their targets move (an observed cosine of 0 would otherwise pull phi^
+towards 0 while the task is off, and a positive target would give a huge step along the zero row), and its weight
+is 0.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import torch
 from torch import Tensor
 
 from mtl_train.errors import ConfigError
+from mtl_train.weighting.base import active_tasks
 from mtl_train.weighting.gradient_based import Aggregation, GradientWeighting
 
 EMA_UPDATES = ("always", "on_adjust")
@@ -46,14 +52,17 @@ def random_pair_order(k: int, generator: torch.Generator | None = None) -> Tenso
 
 
 def gradvac_weights(gram: Tensor, targets: Tensor, order: Tensor, beta: float, ema_update: str = "always",
-                    eps: float = 1e-8) -> tuple[Tensor, Tensor]:
+                    eps: float = 1e-8, active: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """One GradVac step on the Gramian ``gram = G G^T`` (k, k): returns ``(weights, new_targets)`` with
     ``weights @ G = sum_i g_i^PC`` and the updated EMA targets phi^ (k, k). ``order`` (k, k-1) gives, per row i, the
-    order in which the other tasks are visited (see :func:`random_pair_order`). Float64 inside; returns the
-    dtypes of ``gram`` and ``targets``."""
+    order in which the other tasks are visited (see :func:`random_pair_order`). Only pairs of ``active`` tasks
+    (``(k,)`` bool, default all) are adjusted and update their target; the other tasks get weight 0. Float64
+    inside; returns the dtypes of ``gram`` and ``targets``."""
     if ema_update not in EMA_UPDATES:
         raise ValueError(f"ema_update must be one of {EMA_UPDATES}, got {ema_update!r}")
     k = gram.shape[0]
+    if active is None:
+        active = torch.ones(k, dtype=torch.bool, device=gram.device)
     matrix = gram.detach().to(torch.float64)
     phi_hat = targets.detach().to(matrix)
     order = order.to(matrix.device, non_blocking=True)
@@ -67,17 +76,18 @@ def gradvac_weights(gram: Tensor, targets: Tensor, order: Tensor, beta: float, e
         norms_j = norms.index_select(0, j)
         phi = dots / (pc_norms * norms_j + eps)
         target = phi_hat[rows, j]
-        adjust = phi < target
+        both_active = active & active.index_select(0, j)
+        adjust = (phi < target) & both_active
         root_phi = torch.sqrt((1.0 - phi**2).clamp_min(0.0))
         root_target = torch.sqrt((1.0 - target**2).clamp_min(0.0))
         step = pc_norms * (target * root_phi - phi * root_target) / (norms_j * root_target + eps)
         step = torch.where(adjust, step, torch.zeros_like(step))
         coefficients = coefficients.index_put((rows, j), step, accumulate=True)
         updated = (1.0 - beta) * target + beta * phi
-        if ema_update == "on_adjust":
-            updated = torch.where(adjust, updated, target)
-        phi_hat = phi_hat.index_put((rows, j), updated)
-    return coefficients.sum(0).to(gram.dtype), phi_hat.to(targets.dtype)
+        follows = adjust if ema_update == "on_adjust" else both_active  # the pairs whose target takes the EMA step
+        phi_hat = phi_hat.index_put((rows, j), torch.where(follows, updated, target))
+    weights = torch.where(active, coefficients.sum(0), 0.0)
+    return weights.to(gram.dtype), phi_hat.to(targets.dtype)
 
 
 class GradVac(GradientWeighting):
@@ -114,6 +124,7 @@ class GradVac(GradientWeighting):
 
     def aggregate(self, grads: Tensor, losses: Tensor) -> Aggregation:
         order = random_pair_order(self.num_tasks, self.generator)
-        weights, targets = gradvac_weights(grads @ grads.T, self.targets, order, self.beta, self.ema_update, self.eps)
+        weights, targets = gradvac_weights(grads @ grads.T, self.targets, order, self.beta, self.ema_update, self.eps,
+                                           active_tasks(losses))
         self.targets.copy_(targets)
         return Aggregation(weights @ grads, weights)

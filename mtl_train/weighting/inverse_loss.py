@@ -21,13 +21,13 @@ import torch
 from torch import Tensor
 
 from mtl_train.errors import ConfigError
-from mtl_train.weighting.base import StepContext, Weighting, normalise_over_active
+from mtl_train.weighting.base import StepContext, Weighting, active_tasks, normalise_over_active
 
 
 def inverse_loss_weights(losses: Tensor, eps: float = 1e-8) -> Tensor:
     """``(k,)`` weights proportional to 1/L_i over the non-zero losses, summing to their count; 0 for zero losses."""
     losses = losses.detach()
-    active = losses != 0
+    active = active_tasks(losses)
     return normalise_over_active(torch.where(active, 1.0 / losses.clamp_min(eps), 0.0), active)
 
 

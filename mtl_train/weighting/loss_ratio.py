@@ -32,13 +32,13 @@ import torch
 from torch import Tensor
 
 from mtl_train.errors import ConfigError
-from mtl_train.weighting.base import StepContext, Weighting, normalise_over_active
+from mtl_train.weighting.base import StepContext, Weighting, active_tasks, normalise_over_active
 
 
 def loss_ratio_weights(losses: Tensor, initial_losses: Tensor, alpha: float, eps: float = 1e-8) -> Tensor:
     """``(k,)`` weights ∝ (L/L(0))^alpha / L(0) over the non-zero losses, summing to their count; 0 for zero ones."""
     losses = losses.detach()
-    active = losses != 0
+    active = active_tasks(losses)
     initial = initial_losses.to(losses).clamp_min(eps)
     scores = torch.where(active, (losses.clamp_min(0) / initial).pow(alpha) / initial, 0.0)
     return normalise_over_active(scores, active)
@@ -61,7 +61,7 @@ class LossRatioWeighting(Weighting):
 
     def backward(self, losses: Tensor, ctx: StepContext) -> Tensor:
         with torch.no_grad():  # record L(0) per task at its first non-zero loss, without a host sync
-            first = ~self.has_initial_loss & (losses != 0)
+            first = ~self.has_initial_loss & active_tasks(losses)
             self.initial_losses.copy_(torch.where(first, losses.detach().to(self.initial_losses), self.initial_losses))
             self.has_initial_loss.logical_or_(first)
         weights = loss_ratio_weights(losses, self.initial_losses, self.alpha, self.eps)

@@ -7,7 +7,8 @@
 Tasks whose predicted distributions are flatter (higher entropy, less confident) get a larger share of the loss.
 Worked example: predicted distributions [0.7, 0.3] (H = 0.6109) and [0.9, 0.1] (H = 0.3251) give weights
 0.6527 / 0.3473. ``eps`` (default 1e-8) keeps the weights defined when every task is fully confident (all
-H = 0 gives uniform weights 1/k).
+H = 0 gives uniform weights 1/k). A task whose loss is exactly 0 (switched off by the training schedule) gets
+weight 0, and the active tasks' weights are normalised to sum to 1 among themselves.
 
 Only for tasks whose outputs hold class logits along dim 1 (classification, segmentation), as flagged by
 ``StepContext.class_logits`` (from each task's metric, ``TaskMetric.class_logits``). The trainer builds a
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor
 
 from mtl_train.errors import ConfigError
-from mtl_train.weighting.base import StepContext, Weighting
+from mtl_train.weighting.base import StepContext, Weighting, active_tasks, share_over_active
 
 
 def mean_entropy(logits: Tensor) -> Tensor:
@@ -55,13 +56,14 @@ class MaxEntropyWeighting(Weighting):
                     "set of classification/segmentation tasks, e.g. task=cls_seg, or another weighting"
                 )
 
-    def entropy_weights(self, ctx: StepContext) -> Tensor:
-        """The ``(k,)`` detached weights for this step's outputs (sum to 1)."""
+    def entropy_weights(self, ctx: StepContext, active: Tensor) -> Tensor:
+        """The ``(k,)`` detached weights for this step's outputs (sum to 1 over the ``active`` tasks, 0 for the
+        others)."""
         self._check_outputs(ctx)
         entropies = torch.stack([mean_entropy(ctx.outputs[t]) for t in self.task_names]) + self.eps
-        return entropies / entropies.sum()
+        return share_over_active(entropies.to(active.device), active)
 
     def backward(self, losses: Tensor, ctx: StepContext) -> Tensor:
-        weights = self.entropy_weights(ctx).to(device=losses.device, dtype=losses.dtype)
+        weights = self.entropy_weights(ctx, active_tasks(losses)).to(dtype=losses.dtype)
         ctx.scale((weights * losses).sum()).backward()
-        return weights.detach()
+        return weights

@@ -12,7 +12,9 @@ forward passes with dropout estimates its predictive uncertainty. Every step, wi
 with u = softmax(y, dim=1) for tasks whose outputs hold class logits (``StepContext.class_logits``), so their
 variance is that of the predicted probabilities, and u = y (the raw outputs) for value tasks. Direction: the
 more uncertain task gets the larger weight (w proportional to variance). Defaults: ``num_samples`` 8,
-``dropout`` 0.1, ``eps`` 1e-8 (all variances 0, e.g. ``dropout=0``, gives uniform weights 1/k).
+``dropout`` 0.1, ``eps`` 1e-8 (all variances 0, e.g. ``dropout=0``, gives uniform weights 1/k). A task whose loss
+is exactly 0 (switched off by the training schedule) gets weight 0, and the active tasks' weights are normalised to
+sum to 1 among themselves.
 
 Details of this implementation:
 
@@ -43,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mtl_train.errors import ConfigError
-from mtl_train.weighting.base import StepContext, Weighting
+from mtl_train.weighting.base import StepContext, Weighting, active_tasks, share_over_active
 
 
 class MCDropoutWeighting(Weighting):
@@ -109,7 +111,7 @@ class MCDropoutWeighting(Weighting):
         return torch.stack([(m2[t] / (self.num_samples - 1)).mean() for t in self.task_names])
 
     def backward(self, losses: Tensor, ctx: StepContext) -> Tensor:
-        variances = self.predictive_variances(ctx) + self.eps
-        weights = (variances / variances.sum()).to(device=losses.device, dtype=losses.dtype)
+        variances = (self.predictive_variances(ctx) + self.eps).to(device=losses.device, dtype=losses.dtype)
+        weights = share_over_active(variances, active_tasks(losses))
         ctx.scale((weights * losses).sum()).backward()
-        return weights.detach()
+        return weights

@@ -30,6 +30,11 @@ which every ``aggregate(grads, losses)`` receives. Losses are floored at 1e-12 b
 Default ``mode = "rep"``: MGDA-UB, the same problem on the gradients w.r.t. the shared representation z (Sener's
 upper bound; k cheap head backwards and one trunk backward); ``mode = "params"`` is plain MGDA on the shared
 parameters.
+
+Inactive tasks. A task whose loss is exactly 0 (switched off by the training schedule) has a zero gradient; left in,
+that zero vector would be the min-norm point of the hull and the shared part would get no update at all. The
+problem is therefore solved over the active tasks' gradients only (:func:`mgda_weights` with ``active``), and the
+inactive tasks get weight 0; with one active task, d is its gradient.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import torch
 from torch import Tensor
 
 from mtl_train.errors import ConfigError
+from mtl_train.weighting.base import active_tasks
 from mtl_train.weighting.gradient_based import Aggregation, GradientWeighting, weighted_sum
 from mtl_train.weighting.solvers import gramian, min_norm_point
 
@@ -60,9 +66,21 @@ def gradient_normalizers(gram: Tensor, normalization: str, losses: Tensor) -> Te
     return losses if normalization == "loss" else losses * norms
 
 
-def mgda_weights(gram: Tensor, iterations: int = 15) -> Tensor:
-    """The min-norm weights alpha (on the simplex) of the gradients whose Gramian is ``gram`` (k x k)."""
-    return min_norm_point(gram, iterations)
+def mgda_weights(gram: Tensor, iterations: int = 15, active: Tensor | None = None) -> Tensor:
+    """The min-norm weights alpha (on the simplex) of the gradients whose Gramian is ``gram`` (k x k).
+
+    ``active`` (``(k,)`` bool, default all) restricts the problem to those tasks; the others get weight 0 (all 0 if
+    none is active). Without a host synchronisation (no data-dependent shapes), each inactive row is replaced by a
+    copy of the first active task's row: the copies leave the convex hull, hence the min-norm point, that of the
+    active rows, and the weight the solver gives a copy is handed back to the task it copies.
+    """
+    if active is None:
+        return min_norm_point(gram, iterations)
+    tasks = torch.arange(gram.shape[0], device=gram.device)
+    source = torch.where(active, tasks, torch.argmax(active.to(torch.uint8)))  # argmax: the first active task
+    copies = (source.unsqueeze(1) == tasks).to(gram.dtype)  # row t: e_{source[t]}
+    alpha = min_norm_point(copies @ gram @ copies.T, iterations) @ copies
+    return torch.where(active, alpha, 0.0)
 
 
 class MGDA(GradientWeighting):
@@ -90,5 +108,5 @@ class MGDA(GradientWeighting):
         normalizers = gradient_normalizers(gram, self.normalization, losses)
         # Gramian of the normalised rows g_t / n_t (a zero norm only happens for a zero row, which stays zero)
         safe = torch.where(normalizers > 0, normalizers, torch.ones_like(normalizers))
-        alpha = mgda_weights(gram / torch.outer(safe, safe), self.iterations)
+        alpha = mgda_weights(gram / torch.outer(safe, safe), self.iterations, active_tasks(losses))
         return weighted_sum(grads, alpha.to(grads.dtype))

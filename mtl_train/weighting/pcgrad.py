@@ -14,6 +14,9 @@ runs on k x k matrices (all i in parallel, k - 1 rounds), and the update is (C.s
 are C.sum(0) (divided by k for ``mean``). The reference code also visits j = i (a no-op while g_i^PC . g_i >= 0);
 LibMTL does the same; we skip it, as the paper's Algorithm 1 does. Zero gradients are never projected on.
 
+A task whose loss is exactly 0 (switched off by the training schedule) has a zero gradient, which no task is
+projected on; it gets weight 0 and is left out of the sum (``mean`` divides by the number of active tasks).
+
 Randomness: each step draws the k visiting orders from the module's own ``torch.Generator`` (CPU, seeded by
 ``seed``; the same orders on every device), whose state is checkpointed in ``state_dict()`` (extra state).
 """
@@ -27,6 +30,7 @@ import torch
 from torch import Tensor
 
 from mtl_train.errors import ConfigError
+from mtl_train.weighting.base import active_tasks
 from mtl_train.weighting.gradient_based import Aggregation, GradientWeighting, weighted_sum
 from mtl_train.weighting.solvers import gramian
 
@@ -58,18 +62,24 @@ def pcgrad_coefficients(gram: Tensor, orders: Tensor) -> Tensor:
     return coefficients
 
 
-def pcgrad_weights(gram: Tensor, orders: Tensor, reduction: str = "sum") -> Tensor:
-    """The ``(k,)`` weights w with sum_i g_i^PC = w @ G (divided by k for ``reduction="mean"``)."""
-    weights = pcgrad_coefficients(gram, orders).sum(0)
-    return weights / gram.shape[0] if reduction == "mean" else weights
+def pcgrad_weights(gram: Tensor, orders: Tensor, reduction: str = "sum", active: Tensor | None = None) -> Tensor:
+    """The ``(k,)`` weights w with sum_i g_i^PC = w @ G over the ``active`` tasks (``(k,)`` bool, default all; the
+    others get 0), divided by their count for ``reduction="mean"``."""
+    if active is None:
+        active = torch.ones(gram.shape[0], dtype=torch.bool, device=gram.device)
+    # an inactive task i has g_i^PC = g_i = 0 (row e_i of C), and no row is projected on it: its weight is set to 0
+    weights = torch.where(active, pcgrad_coefficients(gram, orders).sum(0), 0.0)
+    return weights / active.sum().clamp_min(1) if reduction == "mean" else weights
 
 
-def pcgrad(grads: Tensor, generator: torch.Generator | None = None, reduction: str = "sum") -> Aggregation:
-    """PCGrad's update of the ``(k, d)`` gradients, with random orders drawn from ``generator``."""
+def pcgrad(grads: Tensor, generator: torch.Generator | None = None, reduction: str = "sum",
+           active: Tensor | None = None) -> Aggregation:
+    """PCGrad's update of the ``(k, d)`` gradients, with random orders drawn from ``generator``, over the ``active``
+    tasks (default all)."""
     orders = random_orders(grads.shape[0], generator)
     if grads.device.type == "cuda":
         orders = orders.pin_memory().to(grads.device, non_blocking=True)
-    weights = pcgrad_weights(gramian(grads), orders.to(grads.device), reduction)
+    weights = pcgrad_weights(gramian(grads), orders.to(grads.device), reduction, active)
     return weighted_sum(grads, weights.to(grads.dtype))
 
 
@@ -88,7 +98,7 @@ class PCGrad(GradientWeighting):
         self.generator = torch.Generator().manual_seed(seed)
 
     def aggregate(self, grads: Tensor, losses: Tensor) -> Aggregation:
-        return pcgrad(grads, self.generator, self.reduction)
+        return pcgrad(grads, self.generator, self.reduction, active_tasks(losses))
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}

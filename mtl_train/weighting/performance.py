@@ -13,7 +13,9 @@ Until the first evaluation the weights are uniform, 1/k each. Then, with the wei
 The clip to [0.1, 0.99] (which keeps -log finite and every weight > 0) follows third-party DTP code; the defaults
 ``gamma`` 1.0 and ``ema`` 1.0 (no smoothing) are ours, the paper's own gamma and smoothing values are
 unverified here. Worked examples (KPIs 0.8 / 0.6): direct 0.571 / 0.429; inverse with gamma = 1:
-w proportional to (0.2 * 0.2231, 0.4 * 0.5108), i.e. 0.179 / 0.821.
+w proportional to (0.2 * 0.2231, 0.4 * 0.5108), i.e. 0.179 / 0.821. In a step where a task's loss is exactly 0
+(switched off by the training schedule) it gets weight 0, and the active tasks' weights are rescaled to sum to 1
+among themselves.
 
 KPIs must lie in [0, 1] with higher better. ``metrics`` maps task -> the metric name to read; for a task it
 leaves out (or when it is null) the first of ``accuracy, miou, pixel_accuracy, macro_f1`` that the task's
@@ -32,7 +34,7 @@ import torch
 from torch import Tensor
 
 from mtl_train.errors import ConfigError
-from mtl_train.weighting.base import StepContext, Weighting
+from mtl_train.weighting.base import StepContext, Weighting, active_tasks, share_over_active
 
 AUTO_METRICS = ("accuracy", "miou", "pixel_accuracy", "macro_f1")
 """Metrics tried in order when ``weighting.metrics`` names none for a task: all in [0, 1], higher is better."""
@@ -147,5 +149,6 @@ class PerformanceWeighting(Weighting):
 
     def backward(self, losses: Tensor, ctx: StepContext) -> Tensor:
         weights = self.weights.to(device=losses.device, dtype=losses.dtype)  # a buffer: no host sync per step
+        weights = share_over_active(weights, active_tasks(losses))
         ctx.scale((weights * losses).sum()).backward()
-        return weights.detach()
+        return weights

@@ -11,6 +11,11 @@ so with plain SGD RLW's effective learning rate is k times smaller (with Adam th
 Defaults follow the paper / LibMTL (softmax of a standard normal). The draws come from the module's own
 ``torch.Generator`` (seeded by ``seed``, on the CPU, so the sequence is the same on every device); its state is
 checkpointed with ``state_dict()`` (extra state), so a resumed run continues the same sequence.
+
+A task whose loss is exactly 0 (switched off by the training schedule) gets weight 0 and the drawn weights of the
+active tasks are rescaled to sum to 1: the softmax of their normal draws (``normal``) or a Dirichlet(1, ..., 1) draw
+on them (``dirichlet``), the same distribution as over those tasks alone. All k values are drawn every step, so the
+sequence of draws does not depend on which tasks are off.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import torch
 from torch import Tensor
 
 from mtl_train.errors import ConfigError
-from mtl_train.weighting.base import StepContext, Weighting
+from mtl_train.weighting.base import StepContext, Weighting, active_tasks, share_over_active
 
 DISTRIBUTIONS = ("normal", "dirichlet")
 
@@ -53,9 +58,9 @@ class RandomLossWeighting(Weighting):
         if losses.device.type == "cuda":
             # pinned + non_blocking: the host-to-device copy does not wait for the queued GPU work
             weights = weights.pin_memory().to(losses.device, non_blocking=True)
-        weights = weights.to(device=losses.device, dtype=losses.dtype)
+        weights = share_over_active(weights.to(device=losses.device, dtype=losses.dtype), active_tasks(losses))
         ctx.scale((weights * losses).sum()).backward()
-        return weights.detach()
+        return weights
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}

@@ -1,7 +1,8 @@
 """Static (fixed) weights: L = sum_t w_t L_t with per-task weights from the config.
 
 Linear scalarisation with hand-chosen importances, e.g. ``{cls: 1.0, rec: 0.1}`` to keep an auxiliary
-reconstruction task from dominating (the "grid search" baseline of Sener & Koltun, NeurIPS 2018).
+reconstruction task from dominating (the "grid search" baseline of Sener & Koltun, NeurIPS 2018). A task whose
+loss is exactly 0 (switched off by the training schedule) gets weight 0; the others keep theirs.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 from torch import Tensor
 
 from mtl_train.errors import ConfigError
-from mtl_train.weighting.base import StepContext, Weighting
+from mtl_train.weighting.base import StepContext, Weighting, active_tasks
 
 
 class StaticWeighting(Weighting):
@@ -51,6 +52,6 @@ class StaticWeighting(Weighting):
         return [float(w) for w in weights]
 
     def backward(self, losses: Tensor, ctx: StepContext) -> Tensor:
-        weights = self.weights.to(losses.dtype)
+        weights = torch.where(active_tasks(losses), self.weights.to(losses.dtype), 0.0)
         ctx.scale((weights * losses).sum()).backward()
-        return weights.detach()
+        return weights

@@ -18,6 +18,10 @@ iterations (default 20), then an active-set polish (the equality-constrained sol
 kept where it satisfies the KKT conditions, i.e. exact up to rounding). No host synchronisation. On 600 random
 and degenerate (rank-1, nearly opposite rows) problems with k <= 10 the v_i match a brute-force active-set
 enumeration to 1e-8 (the remaining gap sits in degenerate cases with zero multipliers).
+
+A task whose loss is exactly 0 (switched off by the training schedule) has a zero row, which constrains nothing;
+the update is the mean over the active tasks' projected rows (u_i = e_i / k_active for the active i, no QP term
+for the others) and the inactive tasks get weight 0. With one active task, d is its gradient.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch
 from torch import Tensor
 
 from mtl_train.errors import ConfigError
+from mtl_train.weighting.base import active_tasks
 from mtl_train.weighting.gradient_based import Aggregation, GradientWeighting
 from mtl_train.weighting.solvers import (
     ENUMERATION_MAX_TASKS,
@@ -93,24 +98,31 @@ def nonnegative_qp(matrix: Tensor, linear: Tensor, iterations: int = 20) -> Tens
     return result
 
 
-def upgrad_weights(gram: Tensor, norm_eps: float = 1e-4, reg_eps: float = 1e-4, iterations: int = 20) -> Tensor:
+def upgrad_weights(gram: Tensor, norm_eps: float = 1e-4, reg_eps: float = 1e-4, iterations: int = 20,
+                   active: Tensor | None = None) -> Tensor:
     """The UPGrad weights w (k,) for the Gramian ``gram = J J^T`` (k, k): the update is ``w @ J``. Row i of the
-    projection matrix V (k, k), ``V[i] @ J = pi_J(J[i]) / k``, is available from :func:`upgrad_projection_weights`."""
-    return upgrad_projection_weights(gram, norm_eps, reg_eps, iterations).sum(0)
+    projection matrix V (k, k), ``V[i] @ J = pi_J(J[i]) / k``, is available from :func:`upgrad_projection_weights`.
+    With ``active`` (``(k,)`` bool, default all), the mean runs over the active rows and the others get weight 0."""
+    if active is None:
+        active = torch.ones(gram.shape[0], dtype=torch.bool, device=gram.device)
+    return torch.where(active, upgrad_projection_weights(gram, norm_eps, reg_eps, iterations, active).sum(0), 0.0)
 
 
-def upgrad_projection_weights(gram: Tensor, norm_eps: float = 1e-4, reg_eps: float = 1e-4, iterations: int = 20
-                              ) -> Tensor:
+def upgrad_projection_weights(gram: Tensor, norm_eps: float = 1e-4, reg_eps: float = 1e-4, iterations: int = 20,
+                              active: Tensor | None = None) -> Tensor:
     """V (k, k) with row i = argmin_v v^T M v s.t. v >= e_i / k, M = the trace-normalised, regularised ``gram``;
-    ``V[i] @ J`` is (1/k) times the projection of row i of J onto the dual cone {x : J x >= 0}. Float64 inside,
-    returns ``gram``'s dtype."""
+    ``V[i] @ J`` is (1/k) times the projection of row i of J onto the dual cone {x : J x >= 0}. With ``active``
+    (``(k,)`` bool, default all), k is the number of active tasks and the rows of the inactive ones are 0. Float64
+    inside, returns ``gram``'s dtype."""
     k = gram.shape[0]
+    if active is None:
+        active = torch.ones(k, dtype=torch.bool, device=gram.device)
     matrix = gram.detach().to(torch.float64)
     matrix = 0.5 * (matrix + matrix.T)
     trace = torch.diagonal(matrix).sum()
     matrix = torch.where(trace < norm_eps, torch.zeros_like(matrix), matrix / trace.clamp_min(1e-300))
     matrix = matrix + reg_eps * torch.eye(k, dtype=matrix.dtype, device=matrix.device)
-    lower = torch.eye(k, dtype=matrix.dtype, device=matrix.device) / k  # row i = u_i = e_i / k
+    lower = torch.diag(active.to(matrix.dtype)) / active.sum().clamp_min(1)  # row i = u_i = e_i / k (active i)
     # v_i = u_i + x_i with x_i >= 0 minimising 1/2 x^T M x + (M u_i)^T x
     slack = nonnegative_qp(matrix, lower @ matrix, iterations)
     return (lower + slack).to(gram.dtype)
@@ -140,5 +152,5 @@ class UPGrad(GradientWeighting):
         self.iterations = iterations
 
     def aggregate(self, grads: Tensor, losses: Tensor) -> Aggregation:
-        weights = upgrad_weights(grads @ grads.T, self.norm_eps, self.reg_eps, self.iterations)
+        weights = upgrad_weights(grads @ grads.T, self.norm_eps, self.reg_eps, self.iterations, active_tasks(losses))
         return Aggregation(weights @ grads, weights)

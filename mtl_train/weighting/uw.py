@@ -7,6 +7,10 @@ Each task learns a log-variance s_t = log sigma_t^2 (init 0) and the loss is
 At the optimum over s: exp(s_t) = L_t (regression form) or exp(s_t) = 2 L_t (classification form).
 Defaults follow the Nash-MTL / FAMO repositories: regression form for every task, s_0 = 0, lr 0.025
 (the rate the GradNorm paper used for Kendall's weights).
+
+A task whose loss is exactly 0 (switched off by the training schedule) contributes no term at all, neither its
+weighted loss nor its regulariser 0.5 s_t: its log-variance gets no gradient and keeps its value while the task is
+off (the regulariser alone would give s_t the gradient 1/2 every step, so the weight would drift), and its weight is 0.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from mtl_train.errors import ConfigError
-from mtl_train.weighting.base import StepContext, Weighting
+from mtl_train.weighting.base import StepContext, Weighting, active_tasks
 
 _LOSS_FACTOR = {"regression": 0.5, "classification": 1.0}
 
@@ -38,7 +42,8 @@ class UncertaintyWeighting(Weighting):
         self.log_variances = nn.Parameter(torch.full((len(self.task_names),), float(init_log_variance)))
 
     def backward(self, losses: Tensor, ctx: StepContext) -> Tensor:
+        active = active_tasks(losses)
         weights = uncertainty_weights(self.log_variances, self.form)
-        total = (weights * losses).sum() + 0.5 * self.log_variances.sum()
+        total = torch.where(active, weights * losses + 0.5 * self.log_variances, 0.0).sum()
         ctx.scale(total).backward()
-        return weights.detach()
+        return torch.where(active, weights.detach(), 0.0)
