@@ -236,7 +236,8 @@ class Trainer:
         if not finite.all():
             task = self.task_names[int((~finite).nonzero()[0])]
             return self._non_finite_step(losses, f"the loss of task {task!r}")
-        factors = self.schedule.factors(self.step, self.step / self.steps_per_epoch).to(self.device)
+        schedule_factors = self.schedule.factors(self.step, self.step / self.steps_per_epoch)
+        factors = schedule_factors.to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         ctx = StepContext(
             model=self.model,
@@ -256,6 +257,7 @@ class Trainer:
         if penalty is not None:
             self.scaler.scale(penalty).backward()
             losses = torch.cat([losses, penalty.detach().float().reshape(1)])
+        self._freeze_switched_off_tasks(schedule_factors)
         self.distributed.average_gradients([p for group in self.optimizer.param_groups for p in group["params"]])
         overflowed = False
         if self.scaler.is_enabled():
@@ -302,6 +304,15 @@ class Trainer:
         and, unlike a 2-norm, it cannot overflow), read with one device sync. Under fp16 this is the sync GradScaler
         makes anyway to decide whether to step, so it adds no stall."""
         return bool(torch.isfinite(torch.stack(torch._foreach_norm([grad for _, grad in named], math.inf))).all())
+
+    def _freeze_switched_off_tasks(self, factors: Tensor) -> None:
+        """Drop the gradients of the own parameters of every task the schedule switched off in this step (factor 0,
+        read on the host: no sync), so the optimizer skips them: a zero gradient alone would still move them through
+        Adam's momentum or weight decay."""
+        for name, factor in zip(self.task_names, factors.tolist()):
+            if factor == 0:
+                for p in self.model.task_parameters(name):
+                    p.grad = None
 
     def _non_finite_gradient(self) -> str | None:
         """The name of the first model or weighting parameter whose gradient is not finite (one device sync when

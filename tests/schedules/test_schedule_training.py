@@ -52,3 +52,18 @@ def test_a_switched_off_task_moves_nothing_and_the_active_task_trains_alone(sche
         assert torch.allclose(p.grad, expected, rtol=1e-5, atol=1e-7)
     for p, expected in zip(model.task_parameters(active), expected_own):
         assert torch.allclose(p.grad, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_under_adam_a_switched_off_tasks_head_does_not_move_on_its_momentum(tmp_path: Path) -> None:
+    """Alternating a, b, a, ...: at step 1 task a is off. Its head got an Adam step at step 0, so a zero gradient
+    would still move it (momentum); the trainer drops the gradients of a switched-off task's own parameters."""
+    trainer = tiny_trainer(EqualWeighting(TASKS), tmp_path, schedule=AlternatingSchedule(TASKS, unit="step"))
+    trainer.optimizer = torch.optim.Adam(trainer.model.parameters(), lr=1e-2)
+    inputs, targets = first_batch(trainer)
+    trainer.train_step(inputs, targets)
+    trainer.step += 1
+    head_a = [p.detach().clone() for p in trainer.model.task_parameters("a")]
+    head_b = [p.detach().clone() for p in trainer.model.task_parameters("b")]
+    trainer.train_step(inputs, targets)
+    assert all(torch.equal(before, p) for before, p in zip(head_a, trainer.model.task_parameters("a")))
+    assert not any(torch.equal(before, p) for before, p in zip(head_b, trainer.model.task_parameters("b")))
