@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import hydra
@@ -11,21 +10,25 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 from rich.console import Console
-from rich.text import Text
 
 from mtl_train.engine.report import metrics_table
-from mtl_train.errors import UserError
+from mtl_train.errors import UserError, exit_with
+from mtl_train.help import register_help_resolver
 from mtl_train.train import train
 
 
 def config_dir() -> str:
     """Absolute path of the config tree: ``mtl_train/configs`` inside a built wheel, else the checkout's ``configs/``.
 
-    An absolute path is needed because Hydra turns a relative ``config_path`` of a console script into a
-    ``pkg://`` module path (see ../shared/STYLE.md section 2).
+    An absolute path is needed: Hydra reads a relative ``config_path`` of a function in an imported module (as a
+    console script's is) as a ``pkg://`` path inside that Python package, and a checkout's ``configs/`` lies
+    outside the package.
     """
     packaged = Path(__file__).resolve().parent / "configs"
     return str(packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "configs")
+
+
+register_help_resolver(config_dir())  # fills in the generated parts of `mtl-train --help`
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
@@ -38,8 +41,7 @@ def main(cfg: DictConfig) -> None:
     except UserError as error:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise
-        Console(stderr=True).print(Text.assemble(("error: ", "bold red"), str(error)), soft_wrap=True)
-        sys.exit(error.exit_code)
+        exit_with(error)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 reports
         console.print(metrics_table(summary))
         console.print(f"outputs: {summary['output_dir']}", highlight=False)

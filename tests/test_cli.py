@@ -10,6 +10,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
+from conftest import CONFIG_DIR, compose_config
+
+from mtl_train.help import commented_keys, default_choices
 
 REPO = Path(__file__).resolve().parents[1]
 MTL_TRAIN = str(Path(sys.executable).parent / "mtl-train")
@@ -20,15 +24,63 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([MTL_TRAIN, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_help_lists_the_config_groups(tmp_path: Path) -> None:
-    result = run("--help", cwd=tmp_path)
-    assert result.returncode == 0
-    groups = {line.split(":")[0].strip(): line.split(":", 1)[1] for line in result.stdout.splitlines() if ": " in line}
+@pytest.fixture(scope="module")
+def help_text(tmp_path_factory: pytest.TempPathFactory) -> str:
+    result = run("--help", cwd=tmp_path_factory.mktemp("help"))
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def help_section(text: str, title: str) -> dict[str, str]:
+    """The entries of the ``== title ==`` section of --help: name -> its text, continuation lines joined."""
+    body = text.split(f"== {title} ==\n", 1)[1].split("\n\n", 1)[0]
+    entries: dict[str, str] = {}
+    for line in body.splitlines():
+        if line.startswith("  ") and not line.startswith("   "):
+            name, _, rest = line.strip().partition(" ")
+            entries[name] = rest.strip()
+        else:
+            entries[name] += " " + line.strip()
+    return entries
+
+
+def test_help_lists_the_config_groups_and_their_options(help_text: str) -> None:
+    groups = help_section(help_text, "Config groups: group=option")
     for group in ("task", "dataset", "backbone", "heads", "loss", "weighting", "schedule", "optimizer", "scheduler",
                   "trainer", "experiment", "debug"):
-        assert group in groups, group
-    assert {"ew", "gradnorm", "static", "uw"} <= {name.strip() for name in groups["weighting"].split(",")}
-    assert "ecg_cls_rec" in groups["task"] and "smoke" in groups["debug"]
+        options = [name.strip() for name in groups[group].split(",")]
+        assert options == sorted(p.stem + (" (default)" if p.stem == default_choices(CONFIG_DIR).get(group) else "")
+                                 for p in (CONFIG_DIR / group).glob("*.yaml")), group
+    assert "ew (default)" in groups["weighting"] and "gradnorm" in groups["weighting"]
+
+
+@pytest.mark.parametrize(("file", "prefix"), [("trainer/default.yaml", "trainer."), ("train.yaml", "")])
+def test_help_explains_every_key_with_its_yaml_comment(help_text: str, file: str, prefix: str) -> None:
+    keys = help_section(help_text, "Main keys: key=value")
+    in_file = yaml.safe_load((CONFIG_DIR / file).read_text())
+    scalars = [key for key, value in in_file.items() if not isinstance(value, (dict, list))]
+    assert scalars and all(prefix + key in keys for key in scalars)
+    for key, default, comment in commented_keys(CONFIG_DIR / file):
+        assert comment, f"{file}: {key} has no comment to explain it in --help"
+        assert keys[prefix + key] == f"{comment} [default: {default}]"
+
+
+def test_help_shows_the_per_task_loss_and_head_syntax_and_the_report(help_text: str) -> None:
+    for text in ("mtl-train loss@task.<name>.loss=<loss option>", "mtl-train heads@task.<name>.head=<heads option>",
+                 "mtl-train-report DIR... [--out OUT] [--baselines DIR]", "mtl-train --hydra-help"):
+        assert text in help_text
+
+
+def test_help_examples_compose(help_text: str) -> None:
+    examples = [line.split("#")[0].split()[1:] for line in help_text.splitlines()
+                if line.startswith("  mtl-train ") and "<" not in line and " -m " not in line]
+    assert len(examples) >= 4
+    for overrides in examples:
+        compose_config(overrides)
+
+
+def test_help_fits_80_columns(help_text: str) -> None:
+    assert max(len(line) for line in help_text.splitlines()) <= 80
 
 
 def test_cfg_job_prints_the_composed_config(tmp_path: Path) -> None:
@@ -38,13 +90,20 @@ def test_cfg_job_prints_the_composed_config(tmp_path: Path) -> None:
     assert "_target_: mtl_train.data.mnist.MNIST" in result.stdout
 
 
-def test_smoke_run_writes_outputs_and_prints_the_table(tmp_path: Path) -> None:
+def test_smoke_run_writes_outputs_then_a_second_run_there_is_refused(tmp_path: Path) -> None:
     result = run("debug=smoke", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "rhythm" in result.stdout and "psnr" in result.stdout
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 2
     assert (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
+    files = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in (tmp_path / "run").rglob("*")
+             if path.is_file()}
+    again = run("debug=smoke", "weighting=uw", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert again.returncode == 1 and "Traceback" not in again.stderr
+    assert again.stderr.startswith(f"error: hydra.run.dir={tmp_path / 'run'} already holds a run")
+    assert {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in (tmp_path / "run").rglob("*")
+            if path.is_file()} == files
 
 
 @pytest.mark.parametrize(
@@ -68,7 +127,7 @@ def test_missing_data_message_names_the_root_and_the_fixes(tmp_path: Path) -> No
     result = run("debug=smoke", f"hydra.run.dir={tmp_path / 'run'}", "task=cls_seg", "dataset=fashion_mnist",
                  f"dataset.root={tmp_path / 'nodata'}", "dataset.system_dirs=[]", "dataset.download=false", cwd=tmp_path)
     assert result.returncode == 1
-    for text in (str(tmp_path / "nodata" / "FashionMNIST" / "raw"), "dataset.download=true", "dataset.root=",
+    for text in (str(tmp_path / "nodata" / "FashionMNIST" / "raw"), "dataset.download=true", "set dataset.root",
                  "apt-get install dataset-fashion-mnist", "mtl-train"):
         assert text in result.stderr
 

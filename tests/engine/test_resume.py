@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import compose_config
 
+from mtl_train.engine.report import metrics_table
 from mtl_train.engine.trainer import Trainer
 from mtl_train.errors import ConfigError, TrainingInterrupted
 from mtl_train.train import train
@@ -66,6 +68,30 @@ def test_interrupted_then_resumed_run_matches_the_uninterrupted_one(
     assert run_dir_records(run_dir) == run_dir_records(tmp_path / "reference")
     assert resumed["final"] == reference["final"] and resumed["best"] == reference["best"]
     assert resumed["steps"] == reference["steps"] == 15
+
+
+def test_a_resumed_runs_wall_time_counts_every_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clock that moves 10 s per training step and stands still otherwise: 7 steps, SIGINT, then the other 8. The
+    checkpoint holds 70 s; the resumed run reports 150 s in all (also in the end-of-run title), 80 s for its part."""
+    now = [1000.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+    original = Trainer.train_step
+
+    def timed_train_step(self, *args):
+        now[0] += 10.0
+        return original(self, *args)
+
+    monkeypatch.setattr(Trainer, "train_step", timed_train_step)
+    run_dir = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, 7, "signal")
+        with pytest.raises(TrainingInterrupted):
+            train(compose_config(RUN, run_dir))
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["wall_time_s"] == 70.0
+    summary = train(compose_config([*RUN, "trainer.resume=true"], run_dir))
+    assert (summary["steps"], summary["wall_time_s"], summary["wall_time_this_part_s"]) == (15, 150.0, 80.0)
+    assert json.loads((run_dir / "summary.json").read_text())["wall_time_s"] == 150.0
+    assert "15 steps in 150.0 s" in str(metrics_table(summary).title)
 
 
 def test_resume_from_another_directory_copies_the_rows_up_to_the_checkpoint(tmp_path: Path,

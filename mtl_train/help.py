@@ -1,0 +1,93 @@
+"""The generated parts of ``mtl-train --help``, built from the config tree so that they cannot drift from it.
+
+``configs/hydra/default.yaml`` holds the help text (Hydra's ``hydra.help.template``). Two parts of it are filled in
+by the OmegaConf resolver ``mtl_train_help`` that :func:`register_help_resolver` registers:
+
+- ``${mtl_train_help:groups}``: every config group with its options (the default one marked);
+- ``${mtl_train_help:keys}``: every key of ``configs/train.yaml`` and ``configs/trainer/default.yaml`` with its
+  default and the comment beside it in the YAML file.
+
+Both are wrapped to 80 columns.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+import yaml
+from omegaconf import OmegaConf
+
+WIDTH = 80
+NO_BREAK = "\u00a0"  # textwrap breaks lines at ASCII whitespace only
+NAME_COLUMN = 26  # indent 2 + the longest key (trainer.eval_batch_size) + 1
+# A top-level key with its value and, optionally, a comment; and a comment line that continues the previous one.
+KEY_LINE = re.compile(r"^(?P<key>[A-Za-z_]\w*):[ \t]*(?P<value>[^#]*?)[ \t]*(?:#[ \t]*(?P<comment>.*))?$")
+CONTINUED_COMMENT = re.compile(r"^[ \t]+#[ \t]*(?P<comment>.*)$")
+# The files whose keys --help explains, and the prefix of their keys on the command line.
+KEY_FILES = (("train.yaml", ""), ("trainer/default.yaml", "trainer."))
+
+
+def commented_keys(path: Path) -> list[tuple[str, str, str]]:
+    """``(key, default, comment)`` for each top-level scalar key of a flat YAML file; a comment that goes on, on
+    the next lines (``   # ...``), is joined to it. Keys holding a mapping or list (no value on their line) are
+    left out."""
+    entries: list[list[str]] = []
+    for line in path.read_text().splitlines():
+        continued = CONTINUED_COMMENT.match(line)
+        if continued and entries:
+            entries[-1][2] = f"{entries[-1][2]} {continued['comment']}".strip()
+            continue
+        match = KEY_LINE.match(line)
+        if match and match["value"]:
+            entries.append([match["key"], match["value"], match["comment"] or ""])
+    return [(key, value, comment) for key, value, comment in entries]
+
+
+def entry(name: str, text: str) -> str:
+    """``name`` in a column of :data:`NAME_COLUMN`, then ``text`` wrapped to :data:`WIDTH` with a hanging indent.
+    ``text`` may hold non-breaking spaces (U+00A0) to keep words together; they are printed as spaces."""
+    first = f"  {name}".ljust(NAME_COLUMN)
+    if len(first) > NAME_COLUMN:
+        first += "\n" + " " * NAME_COLUMN
+    wrapped = textwrap.fill(text, WIDTH, initial_indent=first, subsequent_indent=" " * NAME_COLUMN,
+                            break_on_hyphens=False, break_long_words=False)
+    return wrapped.replace(NO_BREAK, " ")
+
+
+def default_choices(config_dir: Path) -> dict[str, str]:
+    """The option each group takes by default: the ``defaults`` list of ``train.yaml``."""
+    defaults = yaml.safe_load((config_dir / "train.yaml").read_text())["defaults"]
+    return {group: option for item in defaults if isinstance(item, dict) for group, option in item.items()}
+
+
+def groups_help(config_dir: Path) -> str:
+    """One entry per config group (a folder of YAML files, ``hydra`` left out): its options, the default marked."""
+    chosen = default_choices(config_dir)
+    lines = []
+    for group in sorted(p for p in config_dir.iterdir() if p.is_dir() and p.name != "hydra"):
+        options = [p.stem + (" (default)" if p.stem == chosen.get(group.name) else "")
+                   for p in sorted(group.glob("*.yaml"))]
+        lines.append(entry(group.name, ", ".join(options)))
+    return "\n".join(lines)
+
+
+def keys_help(config_dir: Path) -> str:
+    """One entry per key of :data:`KEY_FILES`: its meaning (the YAML comment) and its default."""
+    lines = [entry(prefix + key, f"{comment} [default:{NO_BREAK}{value}]".lstrip())
+             for file, prefix in KEY_FILES for key, value, comment in commented_keys(config_dir / file)]
+    return "\n".join(lines)
+
+
+def help_part(config_dir: Path, part: str) -> str:
+    """``groups`` or ``keys``, with ``$`` doubled: Hydra passes the help text through ``string.Template``."""
+    parts = {"groups": groups_help, "keys": keys_help}
+    if part not in parts:
+        raise ValueError(f"mtl_train_help: unknown part {part!r}; use one of {', '.join(parts)}")
+    return parts[part](config_dir).replace("$", "$$")
+
+
+def register_help_resolver(config_dir: str) -> None:
+    """Register ``${mtl_train_help:groups}`` / ``${mtl_train_help:keys}`` for the config tree at ``config_dir``."""
+    OmegaConf.register_new_resolver("mtl_train_help", lambda part: help_part(Path(config_dir), part), replace=True)
