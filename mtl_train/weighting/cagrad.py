@@ -23,6 +23,11 @@ b + rho M w / ||g_w|| and Hessian rho (M / ||g_w|| - M w w^T M / ||g_w||^3)). On
 norm) within 15 iterations, except where the optimum is a kink of the objective (g_w* = 0: the gradients are
 Pareto-stationary and c >= 1, where CAGrad's update is undefined anyway). Like the reference, ||g_w|| is floored by
 1e-8 in d.
+
+A task whose gradient is exactly zero (switched off by the training schedule, its loss is 0) is left out: g_0 is the
+mean of the other gradients, the dual runs over them (:func:`cagrad_dual`) and the task's weight is 0. Otherwise
+the dual's optimum would be that zero gradient (g_w* = 0), the conflict-averse term would vanish, and the recorded
+weight of the zero row would be c ||g_0|| / 1e-8 (about 2e7).
 """
 
 from __future__ import annotations
@@ -46,8 +51,21 @@ from mtl_train.weighting.solvers import (
 )
 
 
+def mean_over_active(gram: Tensor) -> Tensor:
+    """The ``(k,)`` weights of g_0, the mean of the nonzero gradients: 1 / (their count) on them, 0 on zero ones
+    (tasks switched off by the training schedule); all 0 when every gradient is zero."""
+    active = (gram.diagonal() > 0).to(gram.dtype)
+    return active / active.sum().clamp_min(1)
+
+
 def cagrad_dual(gram: Tensor, c: float, iterations: int = 15) -> Tensor:
-    """w* = argmin_{w in simplex} w^T M 1/k + c ||g_0|| sqrt(w^T M w), from the Gramian M (k x k).
+    """w* = argmin_{w in simplex} w^T M a + c ||g_0|| sqrt(w^T M w), from the Gramian M (k x k), with a the weights
+    of g_0 = G^T a (:func:`mean_over_active`), over the tasks with a nonzero gradient (w* is 0 on the others).
+
+    A zero gradient t would give F(e_t) = 0, below the optimum over the other tasks whenever they can all improve
+    (then w* = e_t, g_w* = 0, and the conflict-averse term vanishes). Its linear cost b_t is therefore raised to
+    (1 + c) ||g_0||^2 + 1, above F at w = a, which bounds the optimum over the nonzero gradients: as F is linear in
+    the mass moved onto zero gradients, none is moved.
 
     Up to ``ENUMERATION_MAX_TASKS`` tasks by support enumeration: on a support S the optimality conditions
     b + rho M w / ||g_w|| = lambda 1 read, with s = ||g_w|| / rho, as the bordered system [[M_SS, -1], [1^T, 0]]
@@ -57,8 +75,10 @@ def cagrad_dual(gram: Tensor, c: float, iterations: int = 15) -> Tensor:
     """
     k = gram.shape[0]
     scaled, _ = normalized_gramian(gram)
-    b = scaled.mean(1)
-    rho = c * scaled.mean().clamp_min(0).sqrt()
+    mean = mean_over_active(scaled)
+    g0_squared = (mean @ scaled @ mean).clamp_min(0)
+    b = torch.where(scaled.diagonal() > 0, scaled @ mean, (1 + c) * g0_squared + 1)
+    rho = c * g0_squared.sqrt()
 
     def objective(w: Tensor) -> Tensor:
         return w @ b + rho * ((w @ scaled) * w).sum(-1).clamp_min(0).sqrt()
@@ -91,14 +111,14 @@ def cagrad_dual(gram: Tensor, c: float, iterations: int = 15) -> Tensor:
 
 
 def cagrad_weights(gram: Tensor, c: float = 0.4, rescale: bool = True, iterations: int = 15) -> Tensor:
-    """The ``(k,)`` weights of CAGrad's update d = weights @ G: (1/k) 1 + (c ||g_0|| / ||g_w*||) w*, over (1 + c^2)
-    when ``rescale``."""
-    k = gram.shape[0]
-    mean = torch.full((k,), 1.0 / k, dtype=gram.dtype, device=gram.device)
+    """The ``(k,)`` weights of CAGrad's update d = weights @ G: a + (c ||g_0|| / ||g_w*||) w*, over (1 + c^2) when
+    ``rescale``, with a = 1/k' on the k' nonzero gradients (:func:`mean_over_active`): a zero gradient's weight is
+    0."""
+    mean = mean_over_active(gram)
     if c == 0:
         return mean
-    w = cagrad_dual(gram, c, iterations)
-    g0_norm = gram.mean().clamp_min(0).sqrt()
+    w = torch.where(gram.diagonal() > 0, cagrad_dual(gram, c, iterations), 0.0)  # the interior point leaves ~1e-13
+    g0_norm = (mean @ gram @ mean).clamp_min(0).sqrt()
     gw_norm = (w @ gram @ w).clamp_min(0).sqrt()
     weights = mean + (c * g0_norm / (gw_norm + 1e-8)) * w
     return weights / (1 + c * c) if rescale else weights

@@ -10,8 +10,11 @@ follow the paper and LibMTL: temperature T = 2, epoch-average losses (the Nash-M
 use a sliding 25-iteration window instead). The epoch means arrive through :meth:`after_epoch`; the last two
 are kept in a buffer, so a checkpoint resumes with the same weights.
 
-A task whose epoch mean L_k(t-2) is 0 (switched off by the training schedule for that whole epoch) has no
-training rate: its ratio w_k is taken as 1.
+DWA sees the unscheduled epoch means: the trainer averages each task's loss before the training schedule's factors
+are applied (:mod:`mtl_train.schedules`), so a task switched off for an epoch still reports its real loss there. In
+a step where a task is switched off (its scheduled loss is exactly 0) its weight is 0. An epoch mean L_k(t-2) of
+exactly 0 means a perfectly fitted task (e.g. a float32 cross-entropy is exactly 0 once the true class's logit leads
+by about 17): it has no training rate, and its ratio w_k is taken as 1 instead of 0/0.
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ import torch
 from torch import Tensor
 
 from mtl_train.errors import ConfigError
-from mtl_train.weighting.base import StepContext, Weighting
+from mtl_train.weighting.base import StepContext, Weighting, active_tasks
 
 
 def dwa_weights(previous: Tensor, before_previous: Tensor, temperature: float) -> Tensor:
-    """``K * softmax(w / T)`` with ``w = previous / before_previous`` (1 where ``before_previous`` is 0)."""
+    """``K * softmax(w / T)`` with ``w = previous / before_previous`` (1 where ``before_previous`` is 0: a task
+    fitted perfectly)."""
     ratios = torch.where(before_previous != 0, previous / torch.where(before_previous != 0, before_previous, 1.0), 1.0)
     return len(ratios) * torch.softmax(ratios / temperature, dim=0)
 
@@ -46,9 +50,9 @@ class DynamicWeightAverage(Weighting):
         self.register_buffer("weights", torch.ones(k))
 
     def backward(self, losses: Tensor, ctx: StepContext) -> Tensor:
-        weights = self.weights.to(losses.dtype)
+        weights = torch.where(active_tasks(losses), self.weights.to(losses.dtype), 0.0)
         ctx.scale((weights * losses).sum()).backward()
-        return weights.detach().clone()
+        return weights.detach()
 
     @torch.no_grad()
     def after_epoch(self, epoch: int, mean_losses: Tensor) -> None:

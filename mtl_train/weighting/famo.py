@@ -10,15 +10,21 @@ D_t = l_t - l*_t + 1e-8. Each step:
    Adam(lr, weight_decay=gamma) along grad_xi = J_softmax(xi)^T delta = z * (delta - z . delta).
    A task whose loss fell more gets its logit lowered, so tasks improve at similar log-rates.
 
+The extra forward of step 2 (built by the trainer) computes the same function as the training forward, with the
+updated parameters: the same dropout masks, and BatchNorm normalising with the batch's own statistics while leaving
+its running statistics untouched. So delta measures the parameter update alone (not re-sampled dropout masks), and
+BatchNorm's running statistics move once per step, as with any other method.
+
 Defaults follow LibMTL and the FAMO repository's NYUv2 / CelebA / QM9 runs: lr 0.025, gamma 1e-3 (Cityscapes used
 1e-2; ``famo.py``'s own default is 1e-2, ``weight_methods.py``'s 1e-5); min_losses 0. The repository also clips the
 shared gradient to norm 1 (``trainer.grad_clip=1.0`` here). Cost: O(1) in the task count (one backward, one extra
 forward). xi is not stepped by the trainer's optimizer (``optimizer_groups()`` is empty); its Adam's state is
 checkpointed with ``state_dict()`` (extra state).
 
-A loss that is exactly 0 (a task switched off by the training schedule) is left out of L and c (weight 0) and its
-delta is 0; otherwise its D = 1e-8 would take almost all the weight. ``min_losses`` must be lower bounds of the
-losses (D > 0).
+A loss that is exactly 0 (a task switched off by the training schedule) is left out of L and c (weight 0); otherwise
+its D = 1e-8 would take almost all the weight. Its logit does not move in that step: the softmax of the logit update
+runs over the active tasks, and its logit keeps its value through the Adam step. ``min_losses`` must be lower bounds
+of the losses (D > 0).
 """
 
 from __future__ import annotations
@@ -31,20 +37,28 @@ import torch
 from torch import Tensor, nn
 
 from mtl_train.errors import ConfigError
-from mtl_train.weighting.base import StepContext, Weighting
+from mtl_train.weighting.base import StepContext, Weighting, active_tasks
 
 EPS = 1e-8
+
+
+def active_softmax(logits: Tensor, active: Tensor) -> Tensor:
+    """softmax of the ``active`` tasks' logits (0 for the others; all 0 when no task is active)."""
+    z = torch.where(active, torch.softmax(logits, dim=0), 0.0)
+    total = z.sum()
+    return torch.where(total > 0, z / torch.where(total > 0, total, 1.0), 0.0)
 
 
 def famo_loss(losses: Tensor, logits: Tensor, min_losses: Tensor) -> tuple[Tensor, Tensor]:
     """FAMO's model loss (differentiable in ``losses`` only) and its ``(k,)`` effective weights (detached).
 
-    Zero losses (tasks switched off) are left out.
+    Zero losses (tasks switched off) are left out (all weights 0 and L = 0 when every task is off).
     """
-    active = losses != 0
+    active = active_tasks(losses)
     z = torch.softmax(logits.detach(), dim=0).to(losses.dtype)
     gaps = torch.where(active, losses - min_losses.to(losses) + EPS, 1.0)
     c = torch.where(active, z / gaps.detach(), 0.0).sum()
+    c = torch.where(c > 0, c, 1.0)
     total = torch.where(active, z * torch.log(gaps), 0.0).sum() / c
     weights = torch.where(active, z / (c * gaps.detach()), 0.0)
     return total, weights
@@ -100,7 +114,7 @@ class FAMO(Weighting):
     def backward(self, losses: Tensor, ctx: StepContext) -> Tensor:
         total, weights = famo_loss(losses, self.logits, self.min_losses)
         self._previous_losses = losses.detach()
-        self._active = losses.detach() != 0
+        self._active = active_tasks(losses)
         ctx.scale(total).backward()
         return weights
 
@@ -118,9 +132,12 @@ class FAMO(Weighting):
             min_losses = self.min_losses.to(self._previous_losses)
             delta = torch.log(self._previous_losses - min_losses + EPS) - torch.log(new_losses - min_losses + EPS)
             delta = torch.where(self._active, delta, 0.0).to(self.logits)
-            z = torch.softmax(self.logits, dim=0)
-            self.logits.grad = z * (delta - (z * delta).sum())  # J_softmax(xi)^T delta
+            z = active_softmax(self.logits, self._active)
+            self.logits.grad = z * (delta - (z * delta).sum())  # J_softmax(xi)^T delta, over the active tasks
+            before = self.logits.detach().clone()
         self.optimizer.step()
+        with torch.no_grad():
+            self.logits.copy_(torch.where(self._active, self.logits, before))  # not moved by momentum or decay
         self.logits.grad = None
         self._previous_losses = self._active = None
 

@@ -13,9 +13,10 @@ through the trunk) receive d; every task-specific parameter receives the gradien
 the same head backwards that gave G. A ``rep`` step therefore costs about one forward and one backward (plus k
 small head backwards' overhead); a ``params`` step adds k - 1 trunk backwards, batched into one where that pays.
 
-G is handed to ``aggregate`` in true units (divided by the fp16 loss scale), so rules that are not
-scale-invariant (e.g. Nash-MTL) behave the same with and without AMP. Under torchrun, G is first reduced over the
-ranks (:meth:`mtl_train.engine.distributed.Distributed.task_gradients`), and each rank applies its part of d.
+G is handed to ``aggregate`` in true units and in float32 at least (cast first, then divided by the fp16 loss scale:
+:func:`unscale`), so rules that are not scale-invariant (e.g. Nash-MTL) behave the same with and without AMP. Under
+torchrun, G is first reduced over the ranks (:meth:`mtl_train.engine.distributed.Distributed.task_gradients`), and
+each rank applies its part of d.
 
 ``jacobian`` (every gradient method's config): ``auto`` | ``batched`` | ``loop``, how the trunk backwards of
 ``params`` mode run; see :mod:`mtl_train.weighting.gradients`.
@@ -32,7 +33,7 @@ from torch import Tensor
 
 from mtl_train.errors import ConfigError
 from mtl_train.weighting.base import StepContext, Weighting
-from mtl_train.weighting.gradients import TrunkJacobian, representation_gradients
+from mtl_train.weighting.gradients import TrunkJacobian, add_gradients, representation_gradients
 
 MODES = ("params", "rep")
 
@@ -68,10 +69,10 @@ class GradientWeighting(Weighting):
         """Combine the ``(k, d)`` per-task gradients (rows) of the ``(k,)`` detached ``losses`` into one direction."""
 
     def backward(self, losses: Tensor, ctx: StepContext) -> Tensor:
-        grads = self.task_gradients(losses, ctx) / ctx.loss_scale
+        grads = unscale(self.task_gradients(losses, ctx), ctx.loss_scale)
         grads, own, back_factor = ctx.distributed.task_gradients(grads, per_sample=self.mode == "rep")
-        aggregation = self.aggregate(grads.float(), losses.detach())
-        self.apply_direction(ctx, (aggregation.direction[own] * (ctx.loss_scale * back_factor)).to(grads.dtype))
+        aggregation = self.aggregate(grads, losses.detach())
+        self.apply_direction(ctx, aggregation.direction[own] * (ctx.loss_scale * back_factor))
         return aggregation.weights.detach()
 
     def representation(self, ctx: StepContext) -> Tensor:
@@ -97,8 +98,7 @@ class GradientWeighting(Weighting):
         task_parameters = [ctx.model.task_parameters(task) for task in self.task_names]
         rows, own = representation_gradients(ctx.scale(losses), z, task_parameters)
         for params, grads in zip(task_parameters, own):
-            for p, g in zip(params, grads):
-                p.grad = g if p.grad is None else p.grad + g
+            add_gradients(params, grads)
         if combine is not None:
             rows = torch.tensordot(combine.to(rows.dtype), rows, dims=1)
         if self.mode == "rep":
@@ -113,6 +113,12 @@ class GradientWeighting(Weighting):
             z.backward(direction.view_as(z).to(z.dtype))
         else:
             assign_flat_gradient(ctx.model.shared_parameters(), direction)
+
+
+def unscale(grads: Tensor, loss_scale: float) -> Tensor:
+    """``grads / loss_scale`` in float32 at least: the division runs after the cast, since an fp16 G divided in fp16
+    (e.g. by 65536) would round its small entries to subnormals."""
+    return grads.to(torch.promote_types(grads.dtype, torch.float32)) / loss_scale
 
 
 def assign_flat_gradient(params: Sequence[Tensor], flat: Tensor) -> None:

@@ -73,6 +73,14 @@ def representation_gradients(losses: Tensor, z: Tensor, task_parameters: Sequenc
     return torch.stack(rows), own
 
 
+def add_gradients(params: Sequence[Tensor], grads: Sequence[Tensor], factor: Tensor | None = None) -> None:
+    """Add ``grads[i]`` (times ``factor`` when given) to ``params[i].grad``, setting it where there is none yet."""
+    for p, g in zip(params, grads):
+        if factor is not None:
+            g = factor * g
+        p.grad = g if p.grad is None else p.grad + g
+
+
 class TrunkJacobian:
     """Stage 2: backpropagate m cotangents of z to the shared parameters, batched or in a loop (module docstring)."""
 

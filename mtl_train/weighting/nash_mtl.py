@@ -18,14 +18,21 @@ so f never increases. On the CPU, where reading a number costs no device synchro
 step at which half the squared Newton decrement lambda^2 / 2 (about f(alpha) - min f) falls to ``tolerance``
 (default 1e-12): warm-started from the previous step's solution that is 2-3 iterations instead of 20, with alpha
 within 1e-7 (relative) of the 20-iteration solution. The start is the better (lower f) of the previous solution
-and the orthogonal-gradient solution 1/sqrt(diag M), each rescaled optimally along its ray. Like the repository,
-M is first divided by its Frobenius norm n = ||M||_F; if alpha^ solves (M/n) alpha^ = 1/alpha^, then
-alpha = alpha^ / sqrt(n) solves M alpha = 1/alpha
-(the repository's CCCP constraint also carries n, so its alpha is in these true units too). ``eps`` adds a ridge
-eps * I to M/n so that the problem stays well posed when M is singular (e.g. a zero gradient, whose alpha_i then
-becomes 1/sqrt(eps * n) but multiplies a zero row). Accuracy (float64, 20 iterations, 1000 random problems with
-k <= 11, gradient norms spread over up to 1e4): relative residual ||M alpha - 1/alpha|| / ||1/alpha|| <= 1e-7 when
-M has full rank, <= 4e-5 for rank-deficient M (d < k), where the ridge makes some alpha_i ~ 1/sqrt(eps).
+and the orthogonal-gradient solution, each rescaled optimally along its ray.
+
+Scaling. The equation is invariant under rescaling the rows of G: G -> D G (D diagonal, positive) gives alpha ->
+D^{-1} alpha. The solver therefore works on the unit gradients u_i = g_i / ||g_i||: with K = U U^T (the cosine
+matrix, unit diagonal) it solves K a = 1/a and returns alpha_i = a_i / ||g_i||, whatever the spread of the gradient
+norms. (Dividing M by ||M||_F, as the repository does, fixes only the overall scale: a ridge eps * I added after
+that is as large as the Gramian entry of a task whose gradient is 1e4 times smaller than the largest, and shrinks
+that task's weight.) A task whose gradient is exactly zero (switched off by the training schedule) gets weight 0
+(its stored alpha, reused between updates, keeps its value), and the others solve their own equation (then ||d|| =
+sqrt(number of nonzero gradients)). ``eps`` (default 1e-10) adds a ridge eps * I to K. When the gradients are
+linearly dependent (M singular, e.g. two identical tasks) the equation has no solution, and float32 rounding can
+leave K slightly indefinite: then the smallest ridge of 1e-8, 1e-6, ..., 1 that keeps K + ridge/2 I positive
+definite is used instead (chosen by a batched Cholesky test, no host read), so alpha stays finite and positive, and
+||d|| <= sqrt(k) still holds. Accuracy (float64, 20 iterations, 1000 random problems with k <= 11, gradient norms
+spread over up to 1e4): |alpha_i (M alpha)_i - 1| <= 5e-8 for every task when M has full rank.
 
 Defaults follow the repository (and LibMTL): ``update_weights_every = 1`` (on other steps alpha is reused and
 only one backward of sum_i alpha_i L_i reaches the shared part, which is where the method saves compute),
@@ -44,11 +51,12 @@ import torch
 from torch import Tensor
 
 from mtl_train.errors import ConfigError
-from mtl_train.weighting.base import StepContext
-from mtl_train.weighting.gradient_based import Aggregation, GradientWeighting
+from mtl_train.weighting.base import StepContext, active_tasks
+from mtl_train.weighting.gradient_based import Aggregation, GradientWeighting, unscale
 
 _LINE_SEARCH_STEPS = 16  # step lengths t_max * 2^-j, j = 0..15, plus the damped step and 0
 _FRACTION_TO_BOUNDARY = 0.99
+_FALLBACK_RIDGES = (1e-8, 1e-6, 1e-4, 1e-2, 1.0)  # tried in turn where eps leaves K not positive definite
 
 
 def _barrier_objective(alpha: Tensor, gram: Tensor) -> Tensor:
@@ -89,28 +97,46 @@ def solve_nash_equation(gram: Tensor, init: Tensor, iterations: int = 20, tolera
     return alpha
 
 
-def nash_mtl_weights(gram: Tensor, init: Tensor | None = None, iterations: int = 20, eps: float = 1e-8,
+def _ridge(cosines: Tensor, eps: float) -> Tensor:
+    """The smallest of ``eps`` and the fallbacks ``_FALLBACK_RIDGES`` (none below ``eps``) whose half keeps
+    ``cosines`` + ridge/2 I positive definite (a batched Cholesky test, no host read): ``eps`` for a full-rank Gramian,
+    more where the unit gradients are linearly dependent and rounding left the Gramian slightly indefinite."""
+    ridges = torch.tensor([eps, *_FALLBACK_RIDGES], dtype=cosines.dtype, device=cosines.device).clamp_min(eps)
+    eye = torch.eye(cosines.shape[0], dtype=cosines.dtype, device=cosines.device)
+    _, info = torch.linalg.cholesky_ex(cosines + 0.5 * ridges.view(-1, 1, 1) * eye)
+    first = torch.argmax((info == 0).to(torch.int8))  # the first success (index 0 if, impossibly, none succeeds)
+    return torch.index_select(ridges, 0, first.view(1)).squeeze(0)
+
+
+def nash_mtl_weights(gram: Tensor, init: Tensor | None = None, iterations: int = 20, eps: float = 1e-10,
                      tolerance: float = 0.0) -> tuple[Tensor, Tensor]:
-    """The Nash-MTL weights for the Gramian ``gram = G G^T`` (k, k): ``(alpha, alpha_normalized)`` where ``alpha``
-    solves ``(M + eps ||M||_F I) alpha = 1/alpha`` with M = ``gram`` (true units: d = alpha @ G) and
-    ``alpha_normalized = alpha * sqrt(||M||_F)`` solves the same equation for M / ||M||_F (a scale-free warm start:
-    pass it back as ``init`` on the next call). Solved in float64 on ``gram``'s device; returns ``gram``'s dtype.
-    ``tolerance`` is :func:`solve_nash_equation`'s early stop (0: always ``iterations`` steps, no host read).
-    An all-zero ``gram`` gives ``alpha = 0``."""
+    """The Nash-MTL weights for the Gramian ``gram = G G^T`` (k, k): ``(alpha, unit_alpha)``.
+
+    ``alpha`` solves ``M alpha = 1/alpha`` (M = ``gram``, true units: d = alpha @ G) on the tasks whose gradient is
+    nonzero, and is 0 for the others. It is solved per task scale: ``unit_alpha`` solves ``(K + eps I) unit_alpha =
+    1/unit_alpha`` for the Gramian K of the unit gradients g_i / ||g_i|| (identity rows for zero gradients; a larger
+    ridge where K + eps I is not positive definite, see the module docstring), and
+    ``alpha_i = unit_alpha_i / ||g_i||``. ``unit_alpha`` does not depend on the gradients' scales, so it is the warm
+    start to pass back as ``init`` on the next call. Solved in float64 on ``gram``'s device; returns ``gram``'s
+    dtype. ``tolerance`` is :func:`solve_nash_equation`'s early stop (0: always ``iterations`` steps, no host
+    read)."""
     k = gram.shape[0]
     matrix = gram.detach().to(torch.float64)
     matrix = 0.5 * (matrix + matrix.T)
-    norm = torch.linalg.matrix_norm(matrix)
-    normalized = matrix / norm.clamp_min(1e-300) + eps * torch.eye(k, dtype=matrix.dtype, device=matrix.device)
-    starts = [1.0 / torch.sqrt(torch.diagonal(normalized).clamp_min(1e-300))]
+    norms = matrix.diagonal().clamp_min(0).sqrt()
+    active = norms > 0
+    inverse_norms = torch.where(active, 1 / torch.where(active, norms, 1.0), 0.0)
+    eye = torch.eye(k, dtype=matrix.dtype, device=matrix.device)
+    cosines = torch.where(active.unsqueeze(0) & active.unsqueeze(1),
+                          matrix * inverse_norms.unsqueeze(0) * inverse_norms.unsqueeze(1), eye)
+    cosines = cosines + _ridge(cosines, eps) * eye
+    starts = [1.0 / torch.sqrt(torch.diagonal(cosines))]
     if init is not None:
         starts.append(init.detach().to(matrix).clamp_min(1e-12))
-    starts = _rescale_along_ray(torch.stack(starts), normalized)
-    start = torch.index_select(starts, 0, torch.argmin(_barrier_objective(starts, normalized)).view(1)).squeeze(0)
-    alpha_normalized = solve_nash_equation(normalized, start, iterations, tolerance)
-    alpha = alpha_normalized / torch.sqrt(norm.clamp_min(1e-300))
-    alpha = torch.where(norm > 0, alpha, torch.zeros_like(alpha))
-    return alpha.to(gram.dtype), alpha_normalized.to(gram.dtype)
+    starts = _rescale_along_ray(torch.stack(starts), cosines)
+    start = torch.index_select(starts, 0, torch.argmin(_barrier_objective(starts, cosines)).view(1)).squeeze(0)
+    unit_alpha = solve_nash_equation(cosines, start, iterations, tolerance)
+    return (unit_alpha * inverse_norms).to(gram.dtype), unit_alpha.to(gram.dtype)
 
 
 def clip_factor(norm: Tensor, max_norm: float | None) -> Tensor:
@@ -129,7 +155,7 @@ class NashMTL(GradientWeighting):
         update_weights_every: int = 1,
         max_norm: float | None = 1.0,
         iterations: int = 20,
-        eps: float = 1e-8,
+        eps: float = 1e-10,
         tolerance: float = 1e-12,
         mode: str = "params",
         jacobian: str = "auto",
@@ -151,7 +177,7 @@ class NashMTL(GradientWeighting):
         self.eps = eps
         self.tolerance = tolerance
         self.register_buffer("alpha", torch.ones(self.num_tasks))  # last solution, true units (reused between updates)
-        self.register_buffer("alpha_normalized", torch.ones(self.num_tasks))  # warm start, units of M / ||M||_F
+        self.register_buffer("alpha_normalized", torch.ones(self.num_tasks))  # warm start: unit_alpha (unit gradients)
         self.calls = 0  # backward calls so far; a Python int so that deciding whether to update needs no device sync
 
     def get_extra_state(self) -> dict:
@@ -162,10 +188,11 @@ class NashMTL(GradientWeighting):
 
     def aggregate(self, grads: Tensor, losses: Tensor) -> Aggregation:
         tolerance = self.tolerance if grads.device.type == "cpu" else 0.0  # a GPU would wait for every read
-        alpha, alpha_normalized = nash_mtl_weights(grads @ grads.T, self.alpha_normalized, self.iterations, self.eps,
-                                                   tolerance)
-        self.alpha.copy_(alpha)
-        self.alpha_normalized.copy_(alpha_normalized)
+        gram = grads @ grads.T
+        alpha, unit_alpha = nash_mtl_weights(gram, self.alpha_normalized, self.iterations, self.eps, tolerance)
+        nonzero = gram.diagonal() > 0  # a switched-off task keeps its stored alpha for the steps after it
+        self.alpha.copy_(torch.where(nonzero, alpha, self.alpha))
+        self.alpha_normalized.copy_(torch.where(nonzero, unit_alpha, self.alpha_normalized))
         direction = alpha @ grads
         factor = clip_factor(direction.norm(), self.max_norm)
         return Aggregation(direction * factor, alpha * factor)
@@ -179,9 +206,10 @@ class NashMTL(GradientWeighting):
 
     def _backward_with_previous_weights(self, losses: Tensor, ctx: StepContext) -> Tensor:
         """The shared part gets sum_i alpha_i g_i with the previous alpha (one backward through the trunk), clipped like
-        ``aggregate``; task-specific parameters get their own unweighted gradients."""
-        combined = self.task_gradients(losses, ctx, combine=self.alpha.unsqueeze(0)) / ctx.loss_scale
+        ``aggregate``; task-specific parameters get their own unweighted gradients. A task switched off in this step
+        has a zero gradient and weight 0."""
+        combined = unscale(self.task_gradients(losses, ctx, combine=self.alpha.unsqueeze(0)), ctx.loss_scale)
         combined, own, back_factor = ctx.distributed.task_gradients(combined, per_sample=self.mode == "rep")
-        factor = clip_factor(combined.float().norm(), self.max_norm)
-        self.apply_direction(ctx, combined[0, own] * (factor * ctx.loss_scale * back_factor).to(combined.dtype))
-        return (self.alpha * factor).detach()
+        factor = clip_factor(combined.norm(), self.max_norm)
+        self.apply_direction(ctx, combined[0, own] * (factor * (ctx.loss_scale * back_factor)))
+        return torch.where(active_tasks(losses), self.alpha * factor, 0.0).detach()

@@ -12,6 +12,7 @@ from mtl_train.errors import ConfigError
 from mtl_train.heads.classification import ClassificationHead
 from mtl_train.model import MultiTaskModel
 from mtl_train.weighting.base import StepContext
+from mtl_train.weighting import cagrad
 from mtl_train.weighting.cagrad import CAGrad, cagrad_dual, cagrad_weights
 from mtl_train.weighting.grad_norm_prop import GradNormProportional
 from mtl_train.weighting.gradients import task_gradient_matrix
@@ -264,6 +265,22 @@ def test_cagrad_is_finite_when_the_gradients_are_pareto_stationary() -> None:
     assert torch.isfinite(out.weights).all() and torch.isfinite(out.direction).all()
 
 
+@pytest.mark.parametrize("rows", [[[1, 0], [0, 0], [-2, 1]], [[1, 0], [0, 0], [0, 1]]])
+@pytest.mark.parametrize("enumeration", [True, False])
+def test_cagrad_leaves_a_zero_gradient_out(rows, enumeration: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A zero row (task switched off) gets weight 0, and the other two get the two-task CAGrad weights (the zero row
+    used to win the dual, with a recorded weight of about 2e7 and no conflict-averse term), by support enumeration
+    and by the interior point."""
+    if not enumeration:
+        monkeypatch.setattr(cagrad, "ENUMERATION_MAX_TASKS", 0)
+    grads = tensor(rows)
+    weights = cagrad_weights(gramian(grads))
+    assert weights[1].item() == 0.0 and weights.abs().max() < 10
+    expected = cagrad_weights(gramian(grads[[0, 2]]))
+    assert weights[[0, 2]].tolist() == pytest.approx(expected.tolist(), abs=1e-6)
+    assert cagrad_weights(torch.zeros(3, 3, dtype=torch.float64)).tolist() == [0.0, 0.0, 0.0]
+
+
 def test_cagrad_without_rescale() -> None:
     gram = gramian(CONFLICT)
     assert torch.allclose(cagrad_weights(gram, 0.4, rescale=False) / 1.16, cagrad_weights(gram, 0.4, rescale=True))
@@ -287,10 +304,50 @@ def test_imtl_g_equal_projections_on_random_gradients() -> None:
     assert torch.allclose(projections, projections.mean().expand(3), atol=1e-5)
 
 
-def test_imtl_g_singular_system_is_ridged() -> None:
-    """Collinear gradients: U = 0, D U^T is singular -> +1e-8 I: alpha_{2:k} = 0, alpha = (1, 0)."""
-    alpha = imtl_g_weights(gramian(tensor([[1, 0], [2, 0]])))
-    assert torch.isfinite(alpha).all() and alpha.tolist() == pytest.approx([1.0, 0.0])
+def test_imtl_g_zero_gradient_gets_weight_zero_and_the_others_their_own_imtl_g() -> None:
+    """Row 2 is zero (a task switched off): weight 0, and rows 1 and 3 get the two-task answer of
+    g1 = (1, 0), g3 = (0, 2), alpha = (2/3, 1/3), so d = (2/3, 2/3) (not d = 0)."""
+    out = IMTL(T3, loss_balance=False).aggregate(tensor([[1, 0], [0, 0], [0, 2]]), torch.ones(3))
+    assert out.weights.tolist() == pytest.approx([2 / 3, 0.0, 1 / 3])
+    assert out.direction.tolist() == pytest.approx([2 / 3, 2 / 3])
+    assert imtl_g_weights(torch.zeros(2, 2, dtype=torch.float64)).tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize(("rows", "weights", "projection"), [
+    # identical g1 = g2: K^+ 1 = (1/2, 1/2, 1), c / ||g|| = (1/2, 1/2, 1/2): equal weights, d = (2/3, 2/3)
+    ([[1, 0], [1, 0], [0, 2]], [1 / 3, 1 / 3, 1 / 3], 2 / 3),
+    # g3 = 3 g1: K^+ 1 = (1/2, 1, 1/2), c / ||g|| = (1/2, 1/2, 1/6), alpha = (3/7, 3/7, 1/7), d = (6/7, 6/7)
+    ([[1, 0], [0, 2], [3, 0]], [3 / 7, 3 / 7, 1 / 7], 6 / 7),
+])
+def test_imtl_g_dependent_gradients_get_the_pseudo_inverse_solution(rows, weights, projection: float) -> None:
+    """Parallel gradients: equal projections are possible, and the minimum-norm c = K^+ 1 gives them, symmetric in
+    the parallel tasks (the ridged closed form gave identical tasks the weights (1/2, 0, 1/2))."""
+    grads = tensor(rows)
+    alpha = imtl_g_weights(gramian(grads))
+    assert alpha.tolist() == pytest.approx(weights)
+    direction = alpha.float() @ grads
+    assert direction.norm() > 0
+    assert ((grads / grads.norm(dim=1, keepdim=True)) @ direction).tolist() == pytest.approx([projection] * 3)
+
+
+def test_imtl_g_inconsistent_dependent_gradients_get_the_least_squares_direction() -> None:
+    """g3 = g1 + g2 with g1, g2 orthogonal unit vectors: only d = 0 projects equally (the closed form's answer). The
+    least-squares solution is d = (x, x), x = (2 + sqrt 2) / 4, with minimum-norm c = (x/2, x/2, x/sqrt 2), so
+    alpha = (1/3, 1/3, 1/3) and d = (2/3, 2/3): every task's loss decreases."""
+    alpha = imtl_g_weights(gramian(tensor([[1, 0], [0, 1], [1, 1]])))
+    assert alpha.tolist() == pytest.approx([1 / 3, 1 / 3, 1 / 3])
+
+
+def test_imtl_g_float32_rounding_does_not_hide_a_dependence() -> None:
+    """1000-dimensional float32 gradients with g2 = g1: the unit Gramian's rounding (~1e-7) is below the rank
+    tolerance, so the two identical tasks get equal weights and all projections are equal."""
+    generator = torch.Generator().manual_seed(3)
+    base = torch.randn(2, 1000, generator=generator)
+    grads = torch.stack([base[0], base[0], base[1]])
+    out = IMTL(T3, loss_balance=False).aggregate(grads, unit_losses(grads))
+    assert out.weights[0].item() == pytest.approx(out.weights[1].item(), rel=1e-5)
+    projections = (grads / grads.norm(dim=1, keepdim=True)) @ out.direction
+    assert torch.allclose(projections, projections.mean().expand(3), rtol=1e-5)
 
 
 def tiny_model() -> MultiTaskModel:
@@ -330,6 +387,21 @@ def test_imtl_backward_trains_the_log_scales_and_weights_the_shared_update() -> 
     assert head_grad is not None and torch.isfinite(head_grad).all()
     assert [g["params"] for g in method.optimizer_groups()] == [[method.log_scales]]
     assert IMTL(T2, loss_balance=False).optimizer_groups() == []
+
+
+def test_imtl_under_a_schedule_updates_the_trunk_with_the_active_task() -> None:
+    """Task b switched off (loss exactly 0): IMTL-G of the one active task is alpha = (1, 0), so the shared gradient
+    is task a's (not 0), and b's log-scale gets no gradient (not -1 per step)."""
+    model = tiny_model()
+    losses, z = model_losses(model)
+    losses = losses * torch.tensor([1.0, 0.0])
+    expected = task_gradient_matrix(losses, model.shared_parameters())[0]
+    method = IMTL(T2)
+    weights = method.backward(losses, StepContext(model=model, step=0, scale=lambda loss: loss,
+                                                  shared_representation=z))
+    assert weights.tolist() == pytest.approx([1.0, 0.0])
+    assert torch.allclose(torch.cat([p.grad.reshape(-1) for p in model.shared_parameters()]), expected, atol=1e-6)
+    assert method.log_scales.grad[1].item() == 0.0
 
 
 def test_imtl_backward_scales_the_log_scale_gradient_like_the_loss() -> None:

@@ -99,3 +99,87 @@ def test_gradnorm_over_all_shared_parameters_uses_their_norms() -> None:
 def test_gradnorm_rejects_unknown_gradient_params() -> None:
     with pytest.raises(ConfigError, match="weighting.gradient_params"):
         GradNorm(["a", "b"], gradient_params="everything")
+
+
+def test_gradnorm_loss_over_active_tasks_only() -> None:
+    """Task b switched off: norms (2, 0), only a is active, so Gbar = 2 and r_a = 1: L_grad = |2 - 2| = 0, and neither
+    weight gets a gradient (b's ratio 0 / 0 is never read)."""
+    weights = torch.ones(2, requires_grad=True)
+    loss = gradnorm_loss(weights, torch.tensor([[2.0, 0.0], [0.0, 0.0]]), torch.tensor([0.8, float("nan")]), alpha=1.5,
+                         active=torch.tensor([True, False]))
+    loss.backward()
+    assert loss.item() == 0.0 and weights.grad.tolist() == [0.0, 0.0]
+
+
+def schedule_step(method: GradNorm, model: MultiTaskModel,
+                  factors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One backward of ``method`` on a fresh batch with the schedule's ``factors`` applied; returns (scheduled losses,
+    the rows of G w.r.t. the last shared layer, the weights returned). The model's gradients are cleared first."""
+    model.zero_grad(set_to_none=True)
+    method.weights.grad = None
+    losses, z = model_losses(model)
+    losses = losses * factors
+    grads = task_gradient_matrix(losses, list(model.last_shared_layer().parameters()))
+    ctx = StepContext(model=model, step=0, scale=lambda loss: loss, shared_representation=z)
+    return losses.detach(), grads, method.backward(losses, ctx)
+
+
+def test_gradnorm_under_a_schedule_takes_a_late_task_initial_loss_at_its_first_active_step() -> None:
+    """pretrain_then_joint: task b is off in step 0 (loss exactly 0), on from step 1. L_b(0) is b's step-1 loss, step 1
+    has the ratios (L_a(1) / L_a(0), 1), and the weight gradients are the hand formula's, finite and distinct."""
+    model, method = tiny_model(), GradNorm(["a", "b"], alpha=1.5)
+    first, _, _ = schedule_step(method, model, torch.tensor([1.0, 0.0]))
+    assert method.weights.grad.tolist() == [0.0, 0.0]  # one active task: it trains at its own rate
+    method.after_optimizer_step(None)
+    second, grads, _ = schedule_step(method, model, torch.tensor([1.0, 1.0]))
+    assert method.initial_losses.tolist() == pytest.approx([first[0].item(), second[1].item()])
+
+    norms = grads.norm(dim=1)  # w = (1, 1)
+    ratios = torch.stack([second[0] / first[0], torch.tensor(1.0)])
+    target = norms.mean() * (ratios / ratios.mean()) ** 1.5
+    expected = torch.sign(norms - target) * norms
+    assert torch.isfinite(method.weights.grad).all()
+    assert torch.allclose(method.weights.grad, expected, atol=1e-6)
+    assert method.weights.grad[0] != method.weights.grad[1]
+
+
+def test_gradnorm_leaves_a_switched_off_task_weight_unmoved() -> None:
+    """Task b off: its applied weight is 0. The optimizer moved the weights to (3, 0.7) (e.g. Adam momentum): the
+    active weight is renormalised to sum to the active count (a -> 1), b keeps its value from before the step (1)."""
+    model, method = tiny_model(), GradNorm(["a", "b"])
+    _, _, applied = schedule_step(method, model, torch.tensor([1.0, 0.0]))
+    assert applied.tolist() == [1.0, 0.0]
+    with torch.no_grad():
+        method.weights.copy_(torch.tensor([3.0, 0.7]))
+    method.after_optimizer_step(None)
+    assert method.weights.tolist() == pytest.approx([1.0, 1.0])
+
+
+def test_gradnorm_reads_old_checkpoints_with_one_initial_loss_flag() -> None:
+    """One flag for all tasks, and L_b(0) = 0 (b was off at the first step): b's L(0) counts as not recorded."""
+    method = GradNorm(["a", "b"])
+    state = method.state_dict()
+    state["has_initial_losses"] = torch.tensor(True)
+    state["initial_losses"] = torch.tensor([2.0, 0.0])
+    method.load_state_dict(state)
+    assert method.has_initial_losses.tolist() == [True, False]
+
+
+def test_gradnorm_over_all_shared_parameters_needs_only_k_trunk_backwards() -> None:
+    """``gradient_params: shared``: the k trunk backwards that build G also give the update (w @ G on the shared
+    parameters, w_i times task i's own gradient on its parameters): the first shared layer's weight sees k = 2
+    backward passes, not k + 1, and every .grad equals that of the two-pass computation (a backward of
+    sum_i w_i L_i)."""
+    model = tiny_model()
+    losses, z = model_losses(model)
+    method = GradNorm(["a", "b"], gradient_params="shared", jacobian="loop")
+    with torch.no_grad():
+        method.weights.copy_(torch.tensor([1.5, 0.5]))
+    params = list(model.parameters())
+    expected = torch.autograd.grad((method.weights.detach() * losses).sum(), params, retain_graph=True)
+    trunk_passes = []
+    model.backbone.shared[0][0].weight.register_hook(lambda grad: trunk_passes.append(1))
+    method.backward(losses, StepContext(model=model, step=0, scale=lambda loss: loss, shared_representation=z))
+    assert len(trunk_passes) == 2
+    for p, grad in zip(params, expected):
+        torch.testing.assert_close(p.grad, grad, rtol=0, atol=1e-6)

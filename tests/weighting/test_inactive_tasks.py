@@ -2,9 +2,9 @@
 method: the model is still updated from the active tasks, the inactive task's weight is 0 and finite, and neither
 its head nor any state the method keeps for it moves.
 
-The trainer-level tests run every configured method (but those in ``PENDING``) on the tiny trainer, with
-``pretrain_then_joint`` (only task a for the first 1.5 epochs: 3 steps of 8 of the 16 rows) and with every task
-off; the other tests are hand-computed cases of the rules.
+The trainer-level tests run every configured method on the tiny trainer, with ``pretrain_then_joint`` (only task a
+for the first 1.5 epochs: 3 steps of 8 of the 16 rows) and with every task off; the other tests are hand-computed
+cases of the rules.
 """
 
 from __future__ import annotations
@@ -39,11 +39,8 @@ ACTIVE, OFF = 0, 1  # task a trains alone while b is switched off
 OFF_STEPS = 3  # pretrain_then_joint, epochs=1.5, 2 steps per epoch
 WEIGHTINGS = sorted(p.stem for p in (CONFIG_DIR / "weighting").glob("*.yaml"))
 GRADIENT_WEIGHTINGS = {p.stem for p in (CONFIG_DIR / "weighting").glob("*.yaml") if "jacobian:" in p.read_text()}
-# Not covered yet, each still fails a check below: CAGrad, DWA and GradNorm return a non-zero weight for the
-# switched-off task, FAMO moves its logit, Nash-MTL sets its stored alpha to 0. Remove a name once its method passes.
-PENDING = {"cagrad", "dwa", "famo", "gradnorm", "nash_mtl"}
 WITH_MODES = GRADIENT_WEIGHTINGS - {"db_mtl", "gradnorm"}  # db_mtl and gradnorm have no rep mode
-CASES = [(name, mode) for name in WEIGHTINGS if name not in PENDING
+CASES = [(name, mode) for name in WEIGHTINGS
          for mode in (("params", "rep") if name in WITH_MODES else (None,))]
 # Methods whose weight of a lone active task is 1, so the shared update is exactly that task's gradient.
 LONE_TASK_WEIGHT_ONE = {"aligned_mtl", "ew", "gls", "grad_norm_prop", "gradvac", "inverse_loss", "loss_ratio",

@@ -57,9 +57,12 @@ def test_dwa_hand_computed() -> None:
     assert dwa.weights.tolist() == pytest.approx(list(reversed(expected)), rel=1e-6)
 
 
-def test_dwa_state_dict_round_trip_and_switched_off_task() -> None:
+def test_dwa_state_dict_round_trip_and_perfectly_fitted_task() -> None:
+    """Task a's epoch mean is exactly 0 (reachable: a float32 cross-entropy whose true logit leads by 20 is 0), so its
+    ratio is 1 instead of 0/0: w = (1, 0.5), lambda = 2 softmax((0.5, 0.25))."""
+    assert torch.nn.functional.cross_entropy(torch.tensor([[20.0, 0.0]]), torch.tensor([0])).item() == 0.0
     dwa = DynamicWeightAverage(["a", "b"])
-    dwa.after_epoch(0, torch.tensor([0.0, 4.0]))  # task a switched off for the whole epoch: its ratio is 1
+    dwa.after_epoch(0, torch.tensor([0.0, 4.0]))
     dwa.after_epoch(1, torch.tensor([3.0, 2.0]))
     restored = DynamicWeightAverage(["a", "b"])
     restored.load_state_dict(dwa.state_dict())
@@ -251,6 +254,41 @@ def test_famo_min_losses_and_switched_off_tasks() -> None:
     assert weights.tolist() == pytest.approx([2 / 3, 1 / 3, 0.0], rel=1e-6)
     famo.after_optimizer_step(ctx(lambda: torch.tensor([1.0, 4.0, 0.0])))  # no change: only weight decay (0 at xi=0)
     assert famo.logits.tolist() == pytest.approx([0.0, 0.0, 0.0], abs=1e-9)
+
+
+def test_famo_keeps_a_switched_off_task_logit() -> None:
+    """xi = (0, 0, 1), task c off; a's loss goes 1 -> 0.5: delta = (log 2, 0, 0). The softmax runs over a and b only,
+    z = (1/2, 1/2), so J^T delta = (log 2 / 4, -log 2 / 4, 0) and Adam moves a and b by -/+ lr; c's logit stays 1
+    (Adam's weight decay alone would have moved it by lr)."""
+    famo = FAMO(["a", "b", "c"], lr=0.025, gamma=1e-3)
+    with torch.no_grad():
+        famo.logits.copy_(torch.tensor([0.0, 0.0, 1.0]))
+    famo.backward(torch.cat([squares(1.0, 4.0)[1], torch.zeros(1)]), ctx())
+    famo.after_optimizer_step(ctx(lambda: torch.tensor([0.5, 4.0, 0.0])))
+    assert famo.logits.tolist() == pytest.approx([-0.025, 0.025, 1.0], rel=1e-6)
+    exp_avg = famo.optimizer.state[famo.logits]["exp_avg"]
+    assert exp_avg[:2].tolist() == pytest.approx([0.1 * math.log(2) / 4, -0.1 * math.log(2) / 4], rel=1e-5)
+
+
+def test_famo_every_task_off_is_finite() -> None:
+    famo = FAMO(["a", "b"])
+    theta = torch.nn.Parameter(torch.ones(2))
+    weights = famo.backward(theta * 0.0, ctx())
+    assert weights.tolist() == [0.0, 0.0] and theta.grad.tolist() == [0.0, 0.0]
+    famo.after_optimizer_step(ctx(lambda: torch.zeros(2)))
+    assert famo.logits.tolist() == [0.0, 0.0]
+
+
+def test_dwa_switched_off_task_gets_weight_zero() -> None:
+    """Epoch means (2, 4) then (1, 4) give weights (0.875647, 1.124353); in a step where b's loss is 0 (switched off)
+    the weights are (0.875647, 0)."""
+    dwa = DynamicWeightAverage(["a", "b"])
+    dwa.after_epoch(0, torch.tensor([2.0, 4.0]))
+    dwa.after_epoch(1, torch.tensor([1.0, 4.0]))
+    theta, losses = squares(1.0, 4.0)
+    weights = dwa.backward(losses * torch.tensor([1.0, 0.0]), ctx())
+    assert weights.tolist() == pytest.approx([0.875647, 0.0], abs=1e-6)
+    assert theta.grad.tolist() == pytest.approx([0.875647 * 2.0, 0.0], abs=1e-5)
 
 
 def test_famo_needs_recompute_losses_and_checks_its_config() -> None:
