@@ -14,6 +14,7 @@ so that a failed sweep job still shows its config; where an earlier run lives, i
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -94,6 +95,7 @@ class RunDirectory:
         if self.started:
             return
         if self.earlier_run:
+            move_file_logs(self.path / PENDING_RECORD, None)
             shutil.rmtree(self.path / PENDING_RECORD, ignore_errors=True)
         else:
             self._commit_record()
@@ -107,6 +109,22 @@ class RunDirectory:
         for file in pending.iterdir():
             os.replace(file, record / file.name)
         pending.rmdir()
+        move_file_logs(pending, record)
+
+
+def move_file_logs(old_dir: Path, new_dir: Path | None) -> None:
+    """Point every logging file handler that writes into ``old_dir`` (Hydra's ``cli.log``) at the same file name in
+    ``new_dir``, or drop it when ``new_dir`` is None, so that later messages neither fail on the moved folder nor
+    recreate it."""
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in logging.root.manager.loggerDict)]
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == old_dir.absolute():
+                handler.close()  # reopened at its next message (mode "a"), under its new name
+                if new_dir is None:
+                    logger.removeHandler(handler)
+                else:
+                    handler.baseFilename = str((new_dir / Path(handler.baseFilename).name).absolute())
 
 
 def writable_dir_problem(path: Path) -> str | None:

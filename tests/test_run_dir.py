@@ -6,6 +6,7 @@ a run before mtl-train's code starts, so only the real command shows whether an 
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -121,6 +122,32 @@ def test_a_run_that_never_trained_keeps_an_earlier_runs_record_else_its_own(tmp_
     RunDirectory(tmp_path).close()
     assert (tmp_path / ".hydra" / "overrides.yaml").read_text() == kept
     assert not (tmp_path / PENDING_RECORD).exists()
+
+
+@pytest.mark.parametrize("earlier_run_there", [False, True])
+def test_the_log_follows_the_record_or_stops_with_it(tmp_path: Path, earlier_run_there: bool) -> None:
+    """Hydra's file handler (opened lazily) writes into the pending record; after the record moves (or is deleted),
+    a message must land in .hydra/cli.log (or nowhere), not fail on the vanished folder nor recreate it."""
+    write_pending_record(tmp_path, "- new\n")
+    if earlier_run_there:
+        (tmp_path / "summary.json").write_text("{}")
+    handler = logging.FileHandler(tmp_path / PENDING_RECORD / "cli.log", delay=True)
+    log = logging.getLogger("mtl_train.test_run_dir")
+    log.addHandler(handler)
+    try:
+        directory = RunDirectory(tmp_path)
+        if not earlier_run_there:
+            directory.start_training()
+        directory.close()
+        log.warning("after the move")
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    assert not (tmp_path / PENDING_RECORD).exists()
+    if earlier_run_there:
+        assert not (tmp_path / ".hydra" / "cli.log").exists()
+    else:
+        assert (tmp_path / ".hydra" / "cli.log").read_text() == "after the move\n"
 
 
 def test_a_torchrun_rank_other_than_0_never_moves_the_record_and_deletes_a_refused_one(tmp_path: Path) -> None:
