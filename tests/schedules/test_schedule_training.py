@@ -59,6 +59,7 @@ def test_under_adam_a_switched_off_tasks_head_does_not_move_on_its_momentum(tmp_
     would still move it (momentum); the trainer drops the gradients of a switched-off task's own parameters."""
     trainer = tiny_trainer(EqualWeighting(TASKS), tmp_path, schedule=AlternatingSchedule(TASKS, unit="step"))
     trainer.optimizer = torch.optim.Adam(trainer.model.parameters(), lr=1e-2)
+    trainer.scheduler = torch.optim.lr_scheduler.ConstantLR(trainer.optimizer, factor=1.0, total_iters=0)
     inputs, targets = first_batch(trainer)
     trainer.train_step(inputs, targets)
     trainer.step += 1
