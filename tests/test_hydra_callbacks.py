@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import inspect
 import json
 import multiprocessing
 import time
@@ -13,12 +12,6 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-import mtl_train.engine.progress
-import mtl_train.engine.report
-import mtl_train.hydra_callbacks
-import mtl_train.plots
-import mtl_train.report
-import mtl_train.report_plots
 from mtl_train.hydra_callbacks import SweepSummary
 
 PAYLOAD = "x" * 20_000  # a long summary, so that interleaved writes would show as broken lines
@@ -79,9 +72,3 @@ def test_single_runs_write_no_summary_jsonl(tmp_path: Path) -> None:
     config.hydra.mode = RunMode.RUN
     SweepSummary().on_job_end(config, JobReturn(overrides=[], status=JobStatus.COMPLETED, _return_value=None))
     assert not (tmp_path / "summary.jsonl").exists()
-
-
-def test_report_modules_cite_no_files_outside_the_package() -> None:
-    modules = (mtl_train.hydra_callbacks, mtl_train.report, mtl_train.report_plots, mtl_train.plots,
-               mtl_train.engine.report, mtl_train.engine.progress)
-    assert [m.__name__ for m in modules if "../shared" in inspect.getsource(m)] == []
