@@ -6,9 +6,9 @@
 - ``tradeoff``: the first two tasks' primary test metrics against each other, per configuration.
 
 Curves are the mean over a configuration's seeds, with a band of ± one sample standard deviation; the trade-off
-plot shows each configuration's mean with ± std error bars and every seed as a small marker, and an arrow toward
-the corner where both metrics are better. Panels of the same quantity share their axes. Lines that coincide stay
-visible through :func:`mtl_train.plots.series_style`.
+plot shows each configuration's mean with ± std error bars and every seed as a small marker, and ``better`` with
+an arrow toward the corner where both metrics are better. Panels of the same quantity share their axes. Lines that
+coincide stay visible through :func:`mtl_train.plots.series_style`.
 """
 
 from __future__ import annotations
@@ -175,11 +175,10 @@ def metric_curves(runs: Sequence[Run]) -> Plot:
 
 
 def better_arrow(ax: Axes, higher_x: bool, higher_y: bool) -> None:
-    """An arrow labelled ``better`` pointing to the corner of ``ax`` where both metrics improve."""
-    head = (0.95 if higher_x else 0.05, 0.95 if higher_y else 0.05)
-    tail = (head[0] - 0.15 if higher_x else head[0] + 0.15, head[1] - 0.15 if higher_y else head[1] + 0.15)
-    ax.annotate("better", xy=head, xytext=tail, xycoords="axes fraction", textcoords="axes fraction", ha="center",
-                va="center", fontsize=8, color="0.3", arrowprops={"arrowstyle": "->", "color": "0.3"})
+    """``better`` and an arrow pointing the way in which both metrics improve, above the top right corner of
+    ``ax`` (clear of the data)."""
+    arrow = {(True, True): "↗", (False, True): "↖", (True, False): "↘", (False, False): "↙"}[(higher_x, higher_y)]
+    ax.set_title(f"better {arrow}", loc="right", fontsize=11, color="0.3")
 
 
 def tradeoff(runs: Sequence[Run]) -> Plot:
@@ -202,7 +201,7 @@ def tradeoff(runs: Sequence[Run]) -> Plot:
     better_arrow(ax, summary["higher_is_better"][task_a][metric_a], summary["higher_is_better"][task_b][metric_b])
     ax.set_xlabel(f"{task_a} {metric_a} {direction(summary, task_a, metric_a)} (test)")
     ax.set_ylabel(f"{task_b} {metric_b} {direction(summary, task_b, metric_b)} (test)")
-    ax.set_title("trade-off: mean ± std over seeds (large), each seed (small)", fontsize=10)
+    fig.suptitle("trade-off: mean ± std over seeds (large), each seed (small)", fontsize=10)
     ax.grid(alpha=0.3)
     fig.legend(loc="outside lower center", ncols=min(len(rows), 3), fontsize=8)
     return Plot("tradeoff", fig, ["config", "seed", f"{task_a}/{metric_a}", f"{task_b}/{metric_b}"], rows)
