@@ -30,7 +30,8 @@ class DenseHead(nn.Module):
             raise ConfigError(
                 f"dense and reconstruction heads predict per sample/pixel and need spatial features (spatial_dims 1 or "
                 f"2), but the backbone gives spatial_dims={spatial_dims} (0: flat feature vectors, e.g. "
-                "backbone=multi_lenet); use a convolutional backbone or a classification-only task set"
+                "backbone=multi_lenet, mlp or mmoe_mlp); use a convolutional backbone, or only classification and "
+                "regression heads"
             )
         if upsample_stages < 0:
             raise ConfigError(f"head upsample_stages must be >= 0, got {upsample_stages}")

@@ -9,7 +9,8 @@ from torch import Tensor, nn
 
 
 class RegressionHead(nn.Module):
-    """Predictions ``(B,)`` (or ``(B, num_outputs)``) as ``offset + scale * mlp(pool(features))``.
+    """Predictions ``(B,)`` (or ``(B, num_outputs)``) as ``offset + scale * mlp(pool(features))``, from features
+    ``(B, C, *spatial)`` (averaged over space) or ``(B, C)``.
 
     ``offset``/``scale`` put the network's unit-scale output in the target's units (e.g. 80 +- 30 bpm),
     so the loss is computed in those units without normalising the dataset.
@@ -31,5 +32,6 @@ class RegressionHead(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(in_channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_outputs))
 
     def forward(self, features: Tensor, input_size: Sequence[int]) -> Tensor:
-        out = self.offset + self.scale * self.mlp(torch.flatten(features, 2).mean(dim=2))
+        pooled = features if features.dim() == 2 else torch.flatten(features, 2).mean(dim=2)
+        out = self.offset + self.scale * self.mlp(pooled)
         return out.squeeze(1) if self.num_outputs == 1 else out

@@ -2,9 +2,10 @@
 
 test_train.py trains every task set on its default backbone; this file trains it on every other backbone that fits.
 
-A backbone fits a task set when it reads inputs of the task set's dimensionality (1-D signals, 2-D images), and its
-features suit the task set's heads: flat features (MultiLeNet) only suit classification heads, and a task set with
-dense heads on them must stop with a ConfigError instead of a shape error.
+A backbone fits a task set when it reads inputs of the task set's dimensionality (1-D signals, 2-D images; the MLPs
+flatten any input), and its features suit the task set's heads: flat features (MultiLeNet, the MLPs) only suit
+classification (and regression) heads, and a task set with dense heads on them must stop with a ConfigError instead
+of a shape error.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from mtl_train.train import train
 
 BACKBONES = sorted(p.stem for p in (CONFIG_DIR / "backbone").glob("*.yaml"))
 TASKS = sorted(p.stem for p in (CONFIG_DIR / "task").glob("*.yaml"))
-# (input dims, feature dims) of the backbones whose YAML has no `spatial_dims` key (which gives both)
-DIMS = {"transformer1d": (1, 1), "multi_lenet": (2, 0)}
+# (input dims, feature dims) of the backbones whose YAML has no `spatial_dims` key (which gives both); None: any input
+DIMS = {"transformer1d": (1, 1), "multi_lenet": (2, 0), "mlp": (None, 0), "mmoe_mlp": (None, 0), "torchvision": (2, 2)}
 PENALTIES = {"soft1d": "soft_l2", "soft2d": "soft_l2"}  # the backbone's extra losses.csv column
+# ResNet-18 (backbone=torchvision's default) takes ~16 s a smoke run on 2 CPU cores; test_torchvision_trunk.py runs it
+SMOKE_OVERRIDES = {"torchvision": ["backbone.model=squeezenet1_1"]}
 
 
-def backbone_dims(backbone: str) -> tuple[int, int]:
+def backbone_dims(backbone: str) -> tuple[int | None, int]:
     if backbone in DIMS:
         return DIMS[backbone]
     dims = OmegaConf.load(CONFIG_DIR / "backbone" / f"{backbone}.yaml").spatial_dims
@@ -54,7 +57,7 @@ def pairs() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     for task, (default, classification_only) in TASK_SETS.items():
         for backbone in BACKBONES:
             backbone_input, features = backbone_dims(backbone)
-            if backbone != default and backbone_input == backbone_dims(default)[0]:
+            if backbone != default and backbone_input in (None, backbone_dims(default)[0]):
                 (trains if features > 0 or classification_only else dense_on_flat).append((backbone, task))
     return trains, dense_on_flat
 
@@ -64,7 +67,8 @@ TRAINS, DENSE_ON_FLAT = pairs()
 
 def backbone_config(task: str, weighting: str, backbone: str, output_dir: Path, data_root: Path):
     """test_train's smoke config with ``backbone``, and a 16-row ECG validation split (the smoke preset keeps 200)."""
-    cfg = smoke_config(task, weighting, output_dir, data_root, [f"backbone={backbone}"])
+    cfg = smoke_config(task, weighting, output_dir, data_root,
+                       [f"backbone={backbone}", *SMOKE_OVERRIDES.get(backbone, [])])
     if "num_val" in cfg.dataset:
         cfg.dataset.num_val = 16
     return cfg
@@ -101,6 +105,7 @@ def test_dense_heads_on_flat_features_are_a_config_error(backbone: str, task: st
 @pytest.mark.parametrize(("backbone", "task", "match"), [
     ("soft2d", "ecg_cls_rec", "spatial_dims=2 does not fit the data's 1-D inputs"),
     ("transformer1d", "cls_seg", "reads 1-D signals"),
+    ("torchvision", "ecg_cls_rec", "backbone=torchvision reads images"),
 ])
 def test_backbone_of_the_wrong_dimensionality_is_a_config_error(backbone: str, task: str, match: str, tmp_path: Path,
                                                                 tiny_fashion_root: Path) -> None:
