@@ -9,12 +9,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mtl_train.cli import main
 
 SMOKE = ["debug=smoke"]
 MISSING_FASHION = ["task=cls_seg", "dataset=fashion_mnist", "dataset.system_dirs=[]", "dataset.download=false"]
+FILES = ["dataset=files", "dataset.path={tmp}/mine.npz", "dataset.inputs=x"]  # arrays written by prepare_bad_files
+FILE_TARGETS = "dataset.targets={rhythm: rhythm, clean: clean}"
 
 # (case id, overrides (``{tmp}`` becomes the test's temporary directory), a fragment of the message)
 BAD_INPUTS = [
@@ -59,6 +62,21 @@ BAD_INPUTS = [
     ("resume without a checkpoint", ["trainer.resume=true"], "no checkpoint at"),
     ("corrupt checkpoint", ["trainer.resume={tmp}/bad.pt"], "cannot resume from"),
     ("missing baselines", ["baselines={tmp}/nowhere"], "is not a baselines.json file or a directory holding one"),
+    ("missing data file", [*FILES, FILE_TARGETS, "dataset.path={tmp}/nowhere.npz"],
+     "nowhere.npz does not exist"),
+    ("missing array", [*FILES, FILE_TARGETS, "dataset.inputs=images"],
+     "dataset.inputs='images' is not an array in"),
+    ("target of another length", [*FILES, "dataset.targets={rhythm: short, clean: clean}"],
+     "has 7 rows, dataset.inputs='x'"),
+    ("NaN in the inputs", [*FILES, FILE_TARGETS, "dataset.inputs=x_nan"],
+     "holds NaN or infinite values (1 in the"),
+    ("target of strings", [*FILES, "dataset.targets={rhythm: names, clean: clean}"],
+     "a target must be an integer array (class indices) or a float array"),
+    ("float class labels", [*FILES, "dataset.targets={rhythm: rhythm_float, clean: clean}"],
+     "error: task.rhythm.head=ClassificationHead does not fit task rhythm"),
+    ("fractions not summing to 1", [*FILES, FILE_TARGETS, "dataset.fractions=[0.5,0.2,0.2]"],
+     "must be three numbers >= 0 (train, val, test) summing to 1"),
+    ("an empty split", [*FILES, FILE_TARGETS, "dataset.fractions=[0.9,0.1,0.0]"], "leaves the test split empty"),
 ]
 
 
@@ -68,6 +86,13 @@ def prepare_bad_files(tmp: Path) -> None:
     for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         (raw / stem).write_bytes(b"\x00\x00\x08\x03truncated")
     (tmp / "bad.pt").write_bytes(b"not a checkpoint")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 1, 256)).astype(np.float32)
+    rhythm = np.arange(8) % 4
+    x_nan = x.copy()
+    x_nan[5, 0, 9] = np.nan
+    np.savez(tmp / "mine.npz", x=x, x_nan=x_nan, rhythm=rhythm,
+             rhythm_float=rhythm.astype(np.float32), clean=x, short=rhythm[:7], names=np.array(["a"] * 8))
 
 
 @pytest.mark.parametrize(("overrides", "message"), [case[1:] for case in BAD_INPUTS], ids=[case[0] for case in BAD_INPUTS])

@@ -1,0 +1,381 @@
+"""Your own arrays as a multi-task dataset, from files and a config, no code (``dataset=files``).
+
+Formats, chosen by the path:
+
+* ``.npz``: named arrays (``numpy.savez``), read one array at a time;
+* a folder of ``.npy`` files: one array per file, named by the file's stem (``x.npy`` is the array ``x``), opened
+  memory-mapped (``numpy.load(mmap_mode="r")``) so that only the rows a split needs are read into memory;
+* ``.pt``: a dict of tensors (``torch.save``), read with ``torch.load(weights_only=True)``.
+
+Splits come from one of three places: one file (or folder) per split (``train``, ``val``, ``test``); a ``split``
+array in the single file (``train``/``val``/``test``, or ``0``/``1``/``2``), which keeps the file's row order; or
+``fractions`` of a permutation seeded by ``seed``, whose order is kept (so any prefix of a split is a random sample).
+
+Inputs become float32 ``(N, C, *spatial)``: ``(N, F)`` is a vector of ``F`` features, ``(N, C, L)`` a 1-D signal,
+``(N, C, H, W)`` an image; with ``add_channel_axis`` an ``(N, L)`` signal or ``(N, H, W)`` image gets ``C = 1``.
+With ``normalize``, every channel (feature, for vectors) is shifted and scaled by the mean and population standard
+deviation of the TRAIN split only; the statistics are kept in ``sources["normalization"]``. Integer (and boolean)
+targets become int64 class indices, floating targets float32 regression targets.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mtl_train.data.base import MultiTaskData, TensorSplit
+from mtl_train.data.sources import file_sources, log_sources
+from mtl_train.errors import ConfigError
+
+SPLITS = ("train", "val", "test")
+DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
+FRACTION_TOLERANCE = 1e-6
+FORMATS = "an .npz file, a .pt file (a dict of tensors) or a folder of .npy files"
+
+
+@dataclass
+class ArrayFile:
+    """The arrays of one file (or folder of ``.npy`` files), by name, and where they live on disk.
+
+    ``key`` is the config key that named it (``dataset.path``, ``dataset.train``, ...), for error messages.
+    """
+
+    key: str
+    path: Path
+    arrays: Mapping[str, np.ndarray]
+    files: dict[str, Path]
+    loaded: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def get(self, name: str, key: str) -> np.ndarray:
+        """The array ``name`` (named by the config key ``key``); a :class:`ConfigError` listing the arrays present
+        when there is none."""
+        if name not in self.arrays:
+            present = ", ".join(sorted(self.arrays)) or "no arrays"
+            raise ConfigError(f"{key}={name!r} is not an array in {self.path} ({self.key}); it holds: {present}; "
+                              f"set {key} to one of them")
+        if name not in self.loaded:  # an .npz file reads an array each time it is indexed
+            try:
+                self.loaded[name] = self.arrays[name]
+            except ValueError as error:  # an object array, which needs pickle
+                raise ConfigError(f"{key}={name!r} in {self.path} cannot be read without pickle ({error}); save it "
+                                  "as a numeric array") from None
+        return self.loaded[name]
+
+    def files_read(self, names: Sequence[str]) -> list[Path]:
+        """The files on disk that hold the arrays ``names`` (the one file, or their ``.npy`` files)."""
+        return sorted({self.files.get(name, self.path) for name in names})
+
+
+def open_array_file(key: str, value: str) -> ArrayFile:
+    """The arrays at ``value`` (the config key ``key``): an ``.npz`` or ``.pt`` file, or a folder of ``.npy``
+    files (module docstring)."""
+    path = Path(value).expanduser().absolute()
+    if not path.exists():
+        raise ConfigError(f"{key}={value} does not exist ({path}); set {key} to {FORMATS}")
+    if path.is_dir():
+        files = {file.stem: file for file in sorted(path.glob("*.npy"))}
+        if not files:
+            raise ConfigError(f"{key}={value} is a folder without .npy files; set {key} to {FORMATS}")
+        return ArrayFile(key, path, {name: open_npy(key, file) for name, file in files.items()}, files)
+    if path.suffix == ".npz":
+        try:
+            return ArrayFile(key, path, np.load(path, allow_pickle=False), {})
+        except (OSError, ValueError, zipfile.BadZipFile) as error:
+            raise ConfigError(f"{key}={value} is not a readable .npz file ({error}); write it with "
+                              "numpy.savez") from None
+    if path.suffix == ".pt":
+        return ArrayFile(key, path, read_pt(key, path), {})
+    raise ConfigError(f"{key}={value} has an unknown format ({path.suffix or 'no suffix'}); set {key} to {FORMATS}")
+
+
+def open_npy(key: str, file: Path) -> np.ndarray:
+    """The array of the ``.npy`` ``file`` (in the folder the config key ``key`` names), memory-mapped."""
+    try:
+        return np.load(file, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as error:  # not an .npy file, or an object array (which needs pickle)
+        raise ConfigError(f"{file} (in {key}) is not a readable numeric .npy file ({error}); write it with "
+                          "numpy.save") from None
+
+
+def read_pt(key: str, path: Path) -> dict[str, np.ndarray]:
+    """The named arrays of a ``.pt`` file holding a dict of tensors (numbers and lists are taken as arrays)."""
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a file that is not a tensor pickle
+        reason = " ".join(str(error).split())[:200]
+        raise ConfigError(f"{key}={path} is not a readable .pt file ({reason}); save a dict of tensors with "
+                          "torch.save") from None
+    if not isinstance(content, dict):
+        raise ConfigError(f"{key}={path} holds a {type(content).__name__}, not a dict of tensors; save "
+                          "{name: tensor} with torch.save")
+    return {str(name): as_numpy(value) for name, value in content.items()}
+
+
+def as_numpy(value: Any) -> np.ndarray:
+    """A tensor (half precision widened to float32, which numpy can hold) or a list as a numpy array."""
+    if isinstance(value, Tensor):
+        return (value.float() if value.dtype in (torch.bfloat16, torch.float16) else value).numpy()
+    return np.asarray(value)
+
+
+def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
+    """``fractions`` as (train, val, test) fractions: three numbers >= 0 summing to 1."""
+    values = tuple(float(f) for f in fractions)
+    if len(values) != 3 or min(values) < 0 or abs(sum(values) - 1.0) > FRACTION_TOLERANCE:
+        raise ConfigError(f"dataset.fractions={list(fractions)} must be three numbers >= 0 (train, val, test) "
+                          "summing to 1, e.g. dataset.fractions=[0.8,0.1,0.1]")
+    return values  # type: ignore[return-value]
+
+
+def fraction_indices(n_rows: int, fractions: Sequence[float], seed: int) -> dict[str, Tensor]:
+    """Row indices of each split: a permutation of ``n_rows`` seeded by ``seed``, cut into ``round(f * n_rows)``
+    train and val rows and the rest for test."""
+    train, val, _ = check_fractions(fractions)
+    perm = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed))
+    n_train, n_val = round(train * n_rows), round(val * n_rows)
+    return {"train": perm[:n_train], "val": perm[n_train : n_train + n_val], "test": perm[n_train + n_val :]}
+
+
+def split_array_indices(split: np.ndarray, where: str) -> dict[str, Tensor]:
+    """Row indices of each split from a per-row ``split`` array of ``train``/``val``/``test`` or ``0``/``1``/``2``
+    (``where`` names it in errors)."""
+    values = np.asarray(split)
+    if values.ndim != 1:
+        raise ConfigError(f"{where} has shape {values.shape}; it must hold one value per row, shape (N,)")
+    if values.dtype.kind in "US":
+        codes = {name: values.astype(str) == name for name in SPLITS}
+    elif values.dtype.kind in "iu":
+        codes = {name: values == number for number, name in enumerate(SPLITS)}
+    else:
+        raise ConfigError(f"{where} has dtype {values.dtype}; it must hold train/val/test or 0/1/2")
+    known = np.logical_or.reduce(list(codes.values()))
+    if not known.all():
+        unknown = sorted({str(v) for v in values[~known][:1000]})[:5]
+        raise ConfigError(f"{where} holds {', '.join(unknown)}; its values must be train/val/test or 0/1/2")
+    return {name: torch.from_numpy(np.flatnonzero(mask)) for name, mask in codes.items()}
+
+
+def row_count(array: np.ndarray) -> int:
+    """The number of rows (length of the first axis) of ``array``; 0 for a scalar."""
+    return array.shape[0] if array.ndim > 0 else 0
+
+
+def rows(array: np.ndarray, indices: Tensor | None) -> np.ndarray:
+    """The rows ``indices`` of ``array`` (all rows when None) as an in-memory array (a memory map is read here)."""
+    return np.array(array if indices is None else array[indices.numpy()])
+
+
+def input_tensor(array: np.ndarray, where: str, add_channel_axis: bool) -> Tensor:
+    """Float32 inputs ``(N, C, *spatial)`` from ``array`` (module docstring); a non-numeric dtype or an unsupported
+    rank is a :class:`ConfigError`."""
+    if array.dtype.kind not in "biuf":
+        raise ConfigError(f"{where} has dtype {array.dtype}; inputs must be a numeric (integer or float) array")
+    ranks = (2, 3) if add_channel_axis else (2, 3, 4)
+    if array.ndim not in ranks:
+        shapes = ("(N, L) or (N, H, W) with dataset.add_channel_axis=true" if add_channel_axis
+                  else "(N, F), (N, C, L) or (N, C, H, W); for (N, H, W) images set dataset.add_channel_axis=true")
+        raise ConfigError(f"{where} has shape {array.shape}; inputs must be {shapes}")
+    inputs = torch.from_numpy(array.astype(np.float32, copy=False))
+    return inputs.unsqueeze(1) if add_channel_axis else inputs
+
+
+def check_finite(inputs: Tensor, where: str, split: str, indices: Tensor | None) -> None:
+    """A :class:`ConfigError` naming the count and the first file row (``indices`` maps the ``split``'s rows to file
+    rows; None: the same) of NaN or infinite ``inputs``."""
+    bad = ~torch.isfinite(inputs)
+    if bad.any():
+        first = int(bad.flatten(1).any(1).nonzero()[0])
+        row = first if indices is None else int(indices[first])
+        raise ConfigError(f"{where} holds NaN or infinite values ({int(bad.sum())} in the {split} split, the first "
+                          f"in row {row}); remove or impute them before training")
+
+
+def target_tensor(array: np.ndarray, where: str) -> Tensor:
+    """Int64 class indices from an integer or boolean ``array``, float32 regression targets from a float one."""
+    if array.dtype.kind in "biu":
+        return torch.from_numpy(array.astype(np.int64))
+    if array.dtype.kind == "f":
+        return torch.from_numpy(array.astype(np.float32))
+    raise ConfigError(f"{where} has dtype {array.dtype}; a target must be an integer array (class indices) or a "
+                      "float array (regression targets)")
+
+
+def channel_statistics(inputs: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and population standard deviation of ``(N, C, *spatial)`` inputs (computed in float64); a
+    constant channel gets standard deviation 1, so it is only shifted."""
+    dims = [0, *range(2, inputs.dim())]
+    values = inputs.double()
+    mean = values.mean(dim=dims)
+    std = values.std(dim=dims, correction=0)
+    return mean.float(), torch.where(std > 0, std, 1.0).float()
+
+
+def normalized(inputs: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """``(inputs - mean) / std`` per channel (axis 1)."""
+    shape = (1, -1, *([1] * (inputs.dim() - 2)))
+    return (inputs - mean.view(shape)) / std.view(shape)
+
+
+class FilesDataset:
+    """Train/val/test splits of arrays read from files (module docstring) as a :class:`MultiTaskData`.
+
+    Args:
+        path: one file (or folder of ``.npy`` files) holding every split; or null with ``train``/``val``/``test``.
+        train: the train split's file (or folder), with ``val`` and ``test``; null when ``path`` is set.
+        val: the val split's file (or folder).
+        test: the test split's file (or folder).
+        inputs: name of the input array.
+        targets: ``{target name: array name}``; task sets refer to the target names (``task.<t>.target``).
+        split: name of a per-row array in ``path`` assigning rows to train/val/test (or 0/1/2); null: ``fractions``.
+        fractions: train, val and test fractions of ``path``'s rows, drawn by ``seed`` (null: 0.8, 0.1, 0.1).
+        seed: seed of the ``fractions`` permutation.
+        normalize: standardise inputs per channel with the train split's mean and standard deviation.
+        add_channel_axis: the inputs have no channel axis (``(N, L)`` signals, ``(N, H, W)`` images); add one.
+        num_train: keep only the first ``num_train`` train rows, and at most as many val rows (None: all).
+        num_test: keep only the first ``num_test`` test rows (None: all).
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        train: str | None = None,
+        val: str | None = None,
+        test: str | None = None,
+        inputs: str = "inputs",
+        targets: dict[str, str] | None = None,
+        split: str | None = None,
+        fractions: list[float] | None = None,
+        seed: int = 0,
+        normalize: bool = True,
+        add_channel_axis: bool = False,
+        num_train: int | None = None,
+        num_test: int | None = None,
+    ) -> None:
+        self.path = path
+        self.split_paths = {"train": train, "val": val, "test": test}
+        self.inputs = inputs
+        self.targets = dict(targets or {})
+        self.split = split
+        self.fractions = fractions
+        self.seed = seed
+        self.normalize = normalize
+        self.add_channel_axis = add_channel_axis
+        self.num_train = num_train
+        self.num_test = num_test
+
+    def check_settings(self) -> None:
+        """The keys name one way to split (module docstring), valid fractions and at least one target."""
+        given = [name for name, value in self.split_paths.items() if value is not None]
+        if self.path is not None and given:
+            raise ConfigError(f"dataset.path and dataset.{given[0]} are both set; give one file for all splits "
+                              "(dataset.path) or one per split (dataset.train, dataset.val, dataset.test)")
+        if self.path is None and not given:
+            raise ConfigError("dataset.path is not set; set it to your data (dataset.path=data/my.npz), or give one "
+                              "file per split (dataset.train, dataset.val and dataset.test)")
+        if self.path is None and len(given) < 3:
+            missing = [f"dataset.{name}" for name in SPLITS if self.split_paths[name] is None]
+            raise ConfigError(f"{', '.join(missing)} not set; give one file for all splits (dataset.path=FILE) or "
+                              "one per split (dataset.train, dataset.val and dataset.test)")
+        if self.path is None and (self.split is not None or self.fractions is not None):
+            key = "split" if self.split is not None else "fractions"
+            raise ConfigError(f"dataset.{key} splits dataset.path, but the splits come from their own files "
+                              f"(dataset.train/val/test); remove dataset.{key}")
+        if self.split is not None and self.fractions is not None:
+            raise ConfigError("dataset.split and dataset.fractions are both set; the split array decides, so remove "
+                              "dataset.fractions (or dataset.split to draw the splits by seed)")
+        if self.fractions is not None:
+            check_fractions(self.fractions)
+        if not self.targets:
+            raise ConfigError("dataset.targets is empty; map each target name to its array, e.g. "
+                              "'dataset.targets={label: y}'")
+        for key, value in (("num_train", self.num_train), ("num_test", self.num_test)):
+            if value is not None and value < 1:
+                raise ConfigError(f"dataset.{key}={value} must be >= 1 (or null for all rows)")
+
+    def build(self) -> MultiTaskData:
+        """Read the arrays, split them, convert and normalise them; ``sources`` lists the files read with their
+        checksums, and the normalisation statistics (also logged)."""
+        self.check_settings()
+        if self.path is not None:
+            source = open_array_file("dataset.path", self.path)
+            parts = self.split_single(source)
+            opened = [source]
+        else:
+            opened = [open_array_file(f"dataset.{name}", self.split_paths[name]) for name in SPLITS]
+            parts = {name: self.read_split(file, name, None) for name, file in zip(SPLITS, opened)}
+        limits = {"train": self.num_train, "val": self.num_train, "test": self.num_test}
+        parts = {name: part.head(limits[name]) for name, part in parts.items()}
+        self.check_consistent(parts)
+        names = [self.inputs, *self.targets.values(), *([self.split] if self.split else [])]
+        sources = file_sources("files", [path for file in opened for path in file.files_read(names)])
+        if self.normalize:
+            mean, std = channel_statistics(parts["train"].inputs)
+            parts = {name: TensorSplit(normalized(part.inputs, mean, std), part.targets)
+                     for name, part in parts.items()}
+            sources["normalization"] = {"split": "train", "mean": mean.tolist(), "std": std.tolist()}
+        log_sources(sources)
+        return MultiTaskData(train=parts["train"], val=parts["val"], test=parts["test"], sources=sources)
+
+    def split_single(self, source: ArrayFile) -> dict[str, TensorSplit]:
+        """The three splits of one file, by its ``split`` array or by ``fractions``."""
+        n_rows = row_count(source.get(self.inputs, "dataset.inputs"))
+        if self.split is not None:
+            split = source.get(self.split, "dataset.split")
+            where = f"dataset.split={self.split!r} in {source.path}"
+            if len(split) != n_rows:
+                raise ConfigError(f"{where} has {len(split)} rows, dataset.inputs={self.inputs!r} has {n_rows}; "
+                                  "it needs one value per input row")
+            indices = split_array_indices(split, where)
+            how = f"{where} has no {{split}} rows; give every split at least one row"
+        else:
+            fractions = self.fractions or DEFAULT_FRACTIONS
+            indices = fraction_indices(n_rows, fractions, self.seed)
+            how = (f"dataset.fractions={list(fractions)} of {n_rows} rows leaves the {{split}} split empty; give every "
+                   "split a larger fraction (or more rows)")
+        for name in SPLITS:
+            if len(indices[name]) == 0:
+                raise ConfigError(how.format(split=name))
+        return {name: self.read_split(source, name, indices[name]) for name in SPLITS}
+
+    def read_split(self, source: ArrayFile, split: str, indices: Tensor | None) -> TensorSplit:
+        """Inputs and targets of the ``split``'s rows ``indices`` of ``source`` (all rows when None), checked and
+        converted."""
+        array = source.get(self.inputs, "dataset.inputs")
+        n_rows = row_count(array)
+        where = f"dataset.inputs={self.inputs!r} in {source.path}"
+        if n_rows == 0:
+            raise ConfigError(f"{where} has no rows; {source.key} needs at least one row per split")
+        inputs = input_tensor(rows(array, indices), where, self.add_channel_axis)
+        check_finite(inputs, where, split, indices)
+        targets = {}
+        for target, name in self.targets.items():
+            key = f"dataset.targets.{target}"
+            values = source.get(name, key)
+            where_target = f"{key}={name!r} in {source.path}"
+            if row_count(values) != n_rows:
+                raise ConfigError(f"{where_target} has {row_count(values)} rows, {where} has {n_rows}; every "
+                                  "target needs one row per input row")
+            targets[target] = target_tensor(rows(values, indices), where_target)
+        return TensorSplit(inputs, targets)
+
+    def check_consistent(self, parts: dict[str, TensorSplit]) -> None:
+        """Every split has rows, and the same input and target shapes (beyond the row axis) as the train split."""
+        for name, part in parts.items():
+            if len(part) == 0:
+                raise ConfigError(f"the {name} split has no rows; give it at least one")
+            for target, tensor in [("inputs", part.inputs), *part.targets.items()]:
+                reference = parts["train"].inputs if target == "inputs" else parts["train"].targets[target]
+                if tensor.shape[1:] != reference.shape[1:]:
+                    key = "dataset.inputs" if target == "inputs" else f"dataset.targets.{target}"
+                    raise ConfigError(f"{key}: the {name} split's rows have shape {tuple(tensor.shape[1:])}, the "
+                                      f"train split's {tuple(reference.shape[1:])}; every split needs the same shape")
+                if tensor.dtype != reference.dtype:
+                    raise ConfigError(f"dataset.targets.{target}: the {name} split holds {tensor.dtype}, the train "
+                                      f"split {reference.dtype}; save it with the same kind of dtype in every split")
