@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -12,7 +14,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from mtl_train.engine.report import metrics_table
-from mtl_train.errors import UserError, exit_with
+from mtl_train.errors import ConfigError, UserError, exit_with
 from mtl_train.help import register_help_resolver
 from mtl_train.train import train
 
@@ -31,8 +33,30 @@ def config_dir() -> str:
 register_help_resolver(config_dir())  # fills in the generated parts of `mtl-train --help`
 
 
+def check_config_dir_argument(argv: list[str]) -> None:
+    """Raise :class:`ConfigError` when ``argv`` names a ``--config-dir`` (``-cd``) that is not a directory: Hydra
+    would stop with two lines of its own."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--config-dir", "-cd")
+    known, _ = parser.parse_known_args(argv)
+    if known.config_dir is not None and not Path(known.config_dir).is_dir():
+        raise ConfigError(
+            f"--config-dir {known.config_dir}: no such directory ({Path(known.config_dir).absolute()}); give the "
+            "folder that holds your config groups, e.g. --config-dir ./configs with ./configs/dataset/my_data.yaml "
+            "for dataset=my_data")
+
+
+def main() -> None:
+    """The ``mtl-train`` console script: check ``--config-dir``, then let Hydra compose and run :func:`hydra_main`."""
+    try:
+        check_config_dir_argument(sys.argv[1:])
+    except ConfigError as error:
+        exit_with(error)
+    hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     """Train one configuration; a :class:`UserError` becomes one message on stderr and its exit status (1, or
     128 + signal number for an interrupted run)."""
     console = Console()

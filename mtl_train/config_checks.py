@@ -5,7 +5,8 @@ key (``+trainer.max_epoch=1``), and a value of the wrong type (``weighting.alpha
 code that uses it. :func:`check_config` walks the config once and stops at the first problem with one
 :class:`~mtl_train.errors.ConfigError` naming the key, the valid keys or type, and a fix. It checks:
 
-* the top level: the plain keys of ``configs/train.yaml`` (:data:`TOP_LEVEL_KEYS`) and the config groups;
+* the top level: the plain keys of ``configs/train.yaml`` (:data:`TOP_LEVEL_KEYS`), the config groups, and a
+  user's own groups chosen in this run (:func:`user_groups`);
 * ``trainer``: the fields of :class:`~mtl_train.engine.trainer.TrainerSettings` and the keys
   :func:`mtl_train.train.train_model` reads itself (:data:`TRAINER_RUN_KEYS`), typed by their annotations;
 * ``scheduler``: ``interval`` and its ``build`` node;
@@ -19,8 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from mtl_train.engine.trainer import TrainerSettings
@@ -65,7 +68,7 @@ INJECTED: dict[str, tuple[str, ...]] = {
 
 def check_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` at the first unknown key or mistyped value of a run's config ``cfg``."""
-    check_keys("", cfg.keys(), [*TOP_LEVEL_KEYS, *CONFIG_GROUPS], "top-level setting")
+    check_keys("", cfg.keys(), [*TOP_LEVEL_KEYS, *CONFIG_GROUPS, *user_groups()], "top-level setting")
     check_types("", cfg, TOP_LEVEL_KEYS)
     check_trainer(cfg.trainer)
     for key in COMPONENT_NODES:
@@ -75,6 +78,19 @@ def check_config(cfg: DictConfig) -> None:
     check_node(cfg.scheduler.build, "scheduler.build", INJECTED["scheduler.build"])
     for name, node in cfg.task.items():
         check_task(str(name), node)
+
+
+def user_groups() -> set[str]:
+    """The config groups chosen in the running Hydra app that the package's config tree lacks: a user's own, from
+    ``--config-dir`` or ``hydra.searchpath`` (e.g. ``+paths=local`` holding values their other configs interpolate),
+    each owning the top-level key of its name. Empty outside a Hydra app."""
+    if not HydraConfig.initialized():
+        return set()
+    runtime = HydraConfig.get().runtime
+    package_dirs = [Path(source.path) for source in runtime.config_sources
+                    if source.provider == "main" and source.schema == "file"]
+    chosen = {str(name).split("@")[0].split("/")[0] for name in runtime.choices}
+    return {group for group in chosen if not any((folder / group).is_dir() for folder in package_dirs)}
 
 
 def trainer_types() -> dict[str, Any]:

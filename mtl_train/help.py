@@ -3,7 +3,8 @@
 ``configs/hydra/default.yaml`` holds the help text (Hydra's ``hydra.help.template``). Two parts of it are filled in
 by the OmegaConf resolver ``mtl_train_help`` that :func:`register_help_resolver` registers:
 
-- ``${mtl_train_help:groups}``: every config group with its options (the default one marked);
+- ``${mtl_train_help:groups}``: every config group with its options (the default one marked), from every config
+  folder of the search path: the package's, and a user's own added with ``--config-dir`` or ``hydra.searchpath``;
 - ``${mtl_train_help:keys}``: every key of ``configs/train.yaml`` and ``configs/trainer/default.yaml`` with its
   default and the comment beside it in the YAML file.
 
@@ -14,9 +15,11 @@ from __future__ import annotations
 
 import re
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 WIDTH = 80
@@ -62,15 +65,29 @@ def default_choices(config_dir: Path) -> dict[str, str]:
     return {group: option for item in defaults if isinstance(item, dict) for group, option in item.items()}
 
 
-def groups_help(config_dir: Path) -> str:
-    """One entry per config group (a folder of YAML files, ``hydra`` left out): its options, the default marked."""
+def groups_help(config_dir: Path, extra_dirs: Sequence[Path] = ()) -> str:
+    """One entry per config group (a folder of YAML files, ``hydra`` left out) of ``config_dir`` and the
+    ``extra_dirs`` (a user's own config folders): its options from all of them, the default marked."""
     chosen = default_choices(config_dir)
+    options: dict[str, set[str]] = {}
+    for folder in (config_dir, *extra_dirs):
+        for group in (p for p in folder.iterdir() if p.is_dir() and p.name != "hydra"):
+            options.setdefault(group.name, set()).update(p.stem for p in group.glob("*.yaml"))
     lines = []
-    for group in sorted(p for p in config_dir.iterdir() if p.is_dir() and p.name != "hydra"):
-        options = [p.stem + (" (default)" if p.stem == chosen.get(group.name) else "")
-                   for p in sorted(group.glob("*.yaml"))]
-        lines.append(entry(group.name, ", ".join(options)))
+    for group, stems in sorted(options.items()):
+        names = [stem + (" (default)" if stem == chosen.get(group) else "") for stem in sorted(stems)]
+        lines.append(entry(group, ", ".join(names)))
     return "\n".join(lines)
+
+
+def search_path_dirs(config_dir: Path) -> list[Path]:
+    """The config folders of the running Hydra app's search path other than ``config_dir``: those added with
+    ``--config-dir`` or ``hydra.searchpath=[file://...]``. Empty outside a Hydra app."""
+    if not HydraConfig.initialized():
+        return []
+    sources = HydraConfig.get().runtime.config_sources
+    folders = [Path(source.path).resolve() for source in sources if source.schema == "file"]
+    return [folder for folder in folders if folder.is_dir() and folder != config_dir.resolve()]
 
 
 def keys_help(config_dir: Path) -> str:
@@ -80,14 +97,21 @@ def keys_help(config_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def help_part(config_dir: Path, part: str) -> str:
-    """``groups`` or ``keys``, with ``$`` doubled: Hydra passes the help text through ``string.Template``."""
-    parts = {"groups": groups_help, "keys": keys_help}
-    if part not in parts:
-        raise ValueError(f"mtl_train_help: unknown part {part!r}; use one of {', '.join(parts)}")
-    return parts[part](config_dir).replace("$", "$$")
+def help_part(config_dir: Path, part: str, extra_dirs: Sequence[Path] = ()) -> str:
+    """``groups`` (with the options of ``extra_dirs`` too) or ``keys``, with ``$`` doubled: Hydra passes the help
+    text through ``string.Template``."""
+    if part == "groups":
+        text = groups_help(config_dir, extra_dirs)
+    elif part == "keys":
+        text = keys_help(config_dir)
+    else:
+        raise ValueError(f"mtl_train_help: unknown part {part!r}; use one of groups, keys")
+    return text.replace("$", "$$")
 
 
 def register_help_resolver(config_dir: str) -> None:
-    """Register ``${mtl_train_help:groups}`` / ``${mtl_train_help:keys}`` for the config tree at ``config_dir``."""
-    OmegaConf.register_new_resolver("mtl_train_help", lambda part: help_part(Path(config_dir), part), replace=True)
+    """Register ``${mtl_train_help:groups}`` / ``${mtl_train_help:keys}`` for the config tree at ``config_dir``
+    (plus, for the groups, the folders on the running app's search path)."""
+    root = Path(config_dir)
+    OmegaConf.register_new_resolver("mtl_train_help", lambda part: help_part(root, part, search_path_dirs(root)),
+                                    replace=True)

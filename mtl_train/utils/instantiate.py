@@ -7,6 +7,7 @@ type hint (``typing.get_type_hints``; see :mod:`mtl_train.utils.config_values`).
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import typing
 from collections.abc import Iterable
@@ -14,7 +15,6 @@ from typing import Any
 
 import hydra
 from hydra.errors import InstantiationException
-from hydra.utils import get_object
 from omegaconf import DictConfig
 
 from mtl_train.errors import ConfigError, UserError
@@ -73,13 +73,36 @@ def check_node(node: Any, key: str, injected: Iterable[str] = ()) -> None:
 
 
 def load_target(node: DictConfig, key: str) -> Any:
-    """The class or function ``node._target_`` names."""
+    """The class or function ``node._target_`` names (:func:`locate`)."""
     try:
-        return get_object(node._target_)
-    except Exception as error:  # Hydra's locate raises ImportError, or whatever importing the module raises
-        reason = " ".join(str(error).split())
-        raise ConfigError(f"{key}._target_={node._target_!r} cannot be imported ({reason}); pick an option of the "
-                          "config group (`mtl-train --help` lists them)") from None
+        return locate(node._target_)
+    except Exception as error:  # ImportError, AttributeError, or whatever importing the module raises
+        reason = " ".join(f"{type(error).__name__}: {error}".split())
+        raise ConfigError(
+            f"{key}._target_={node._target_!r} cannot be imported ({reason}); if it is your own code, run mtl-train "
+            "with the folder holding its package on PYTHONPATH (PYTHONPATH=. mtl-train --config-dir configs ...), "
+            "else pick an option of the config group (`mtl-train --help` lists them)") from None
+
+
+def locate(path: str) -> Any:
+    """The object at the dotted ``path``: the longest prefix that is a module, then attributes of it.
+
+    Unlike Hydra's lookup, it raises the error that names the problem: ``ModuleNotFoundError`` for a package
+    that is not on the path, ``AttributeError`` for a name the module lacks, and whatever importing the module
+    raised (a missing dependency of the user's module included)."""
+    parts = path.split(".")
+    for index in range(len(parts), 0, -1):
+        name = ".".join(parts[:index])
+        try:
+            found = importlib.import_module(name)
+        except ModuleNotFoundError as error:
+            if index > 1 and error.name is not None and (name == error.name or name.startswith(f"{error.name}.")):
+                continue  # ``name`` itself is not a module: try a shorter prefix
+            raise
+        for attribute in parts[index:]:
+            found = getattr(found, attribute)
+        return found
+    raise ImportError(f"empty target {path!r}")
 
 
 def target_hints(target: Any) -> dict[str, Any]:
