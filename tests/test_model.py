@@ -80,7 +80,7 @@ def test_a_broken_partition_is_a_config_error_naming_the_backbone_and_parameters
 def shipped_backbone(name: str) -> Backbone:
     """Backbone ``name`` as its config builds it, for three tasks, on 1-channel 256-sample signals or 28x28 images."""
     node = OmegaConf.load(CONFIG_DIR / "backbone" / f"{name}.yaml")
-    input_size = (28, 28) if name.endswith("2d") or name == "multi_lenet" else (256,)
+    input_size = (28, 28) if name.endswith("2d") or name in ("multi_lenet", "torchvision") else (256,)
     return instantiate(node, "backbone", task_names=TASKS, in_channels=1, input_size=input_size)
 
 
