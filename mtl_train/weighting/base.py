@@ -71,14 +71,19 @@ class StepContext:
     distributed: Distributed = field(default_factory=Distributed)
 
 
-def normalise_over_active(scores: Tensor, active: Tensor) -> Tensor:
-    """Rescale non-negative ``scores`` to sum to the number of ``active`` tasks (0 everywhere if they sum to 0).
+def share_over_active(scores: Tensor, active: Tensor) -> Tensor:
+    """Non-negative ``scores`` of the ``active`` tasks rescaled to sum to 1; 0 for the inactive tasks (and for all
+    tasks when the active scores sum to 0). For methods whose weights lie on the simplex."""
+    masked = torch.where(active, scores, 0.0)
+    total = masked.sum()
+    return torch.where(total > 0, masked / torch.where(total > 0, total, 1.0), 0.0)
 
-    Tasks switched off by the training schedule (loss exactly 0) carry score 0 and are not counted, so the active
-    tasks' weights sum to their count, as EW's do.
-    """
-    total = scores.sum()
-    return torch.where(total > 0, active.sum() * scores / torch.where(total > 0, total, 1.0), 0.0)
+
+def normalise_over_active(scores: Tensor, active: Tensor) -> Tensor:
+    """Non-negative ``scores`` of the ``active`` tasks rescaled to sum to the number of active tasks, as EW's
+    weights do (:func:`share_over_active` times that count); 0 for the inactive tasks (tasks switched off by the
+    training schedule, loss exactly 0), and everywhere when the active scores sum to 0."""
+    return active.sum() * share_over_active(scores, active)
 
 
 class Weighting(nn.Module, ABC):
@@ -126,11 +131,3 @@ def active_tasks(losses: Tensor) -> Tensor:
     training schedule, see :mod:`mtl_train.schedules`) is inactive: a method gives it weight 0, moves none of its
     own state for it and updates the model from the active tasks alone."""
     return losses.detach() != 0
-
-
-def share_over_active(scores: Tensor, active: Tensor) -> Tensor:
-    """Non-negative ``scores`` of the ``active`` tasks rescaled to sum to 1; 0 for the inactive tasks (and for all
-    tasks when the active scores sum to 0). For methods whose weights lie on the simplex."""
-    masked = torch.where(active, scores, 0.0)
-    total = masked.sum()
-    return torch.where(total > 0, masked / torch.where(total > 0, total, 1.0), 0.0)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor
 
 from mtl_train.errors import ConfigError
@@ -28,7 +27,7 @@ def inverse_loss_weights(losses: Tensor, eps: float = 1e-8) -> Tensor:
     """``(k,)`` weights proportional to 1/L_i over the non-zero losses, summing to their count; 0 for zero losses."""
     losses = losses.detach()
     active = active_tasks(losses)
-    return normalise_over_active(torch.where(active, 1.0 / losses.clamp_min(eps), 0.0), active)
+    return normalise_over_active(1.0 / losses.clamp_min(eps), active)
 
 
 class InverseLossWeighting(Weighting):

@@ -40,8 +40,7 @@ def loss_ratio_weights(losses: Tensor, initial_losses: Tensor, alpha: float, eps
     losses = losses.detach()
     active = active_tasks(losses)
     initial = initial_losses.to(losses).clamp_min(eps)
-    scores = torch.where(active, (losses.clamp_min(0) / initial).pow(alpha) / initial, 0.0)
-    return normalise_over_active(scores, active)
+    return normalise_over_active((losses.clamp_min(0) / initial).pow(alpha) / initial, active)
 
 
 class LossRatioWeighting(Weighting):
