@@ -37,16 +37,9 @@ import torch
 from torch import Tensor, nn
 
 from mtl_train.errors import ConfigError
-from mtl_train.weighting.base import StepContext, Weighting, active_tasks
+from mtl_train.weighting.base import StepContext, Weighting, active_tasks, share_over_active
 
 EPS = 1e-8
-
-
-def active_softmax(logits: Tensor, active: Tensor) -> Tensor:
-    """softmax of the ``active`` tasks' logits (0 for the others; all 0 when no task is active)."""
-    z = torch.where(active, torch.softmax(logits, dim=0), 0.0)
-    total = z.sum()
-    return torch.where(total > 0, z / torch.where(total > 0, total, 1.0), 0.0)
 
 
 def famo_loss(losses: Tensor, logits: Tensor, min_losses: Tensor) -> tuple[Tensor, Tensor]:
@@ -132,7 +125,7 @@ class FAMO(Weighting):
             min_losses = self.min_losses.to(self._previous_losses)
             delta = torch.log(self._previous_losses - min_losses + EPS) - torch.log(new_losses - min_losses + EPS)
             delta = torch.where(self._active, delta, 0.0).to(self.logits)
-            z = active_softmax(self.logits, self._active)
+            z = share_over_active(torch.softmax(self.logits, dim=0), self._active)
             self.logits.grad = z * (delta - (z * delta).sum())  # J_softmax(xi)^T delta, over the active tasks
             before = self.logits.detach().clone()
         self.optimizer.step()
