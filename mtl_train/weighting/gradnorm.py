@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from mtl_train.errors import ConfigError
-from mtl_train.weighting.base import StepContext, Weighting, active_tasks
+from mtl_train.weighting.base import StepContext, Weighting, active_tasks, normalise_over_active
 from mtl_train.weighting.gradient_based import assign_flat_gradient
 from mtl_train.weighting.gradients import TrunkJacobian, add_gradients, representation_gradients
 
@@ -130,8 +130,6 @@ class GradNorm(Weighting):
         if self._active is None:
             raise RuntimeError("GradNorm.after_optimizer_step was called before GradNorm.backward in this step")
         active, before = self._active, self._weights_before_step
-        positive = self.weights.clamp(min=1e-6)
-        total = torch.where(active, positive, 0.0).sum()
-        renormalised = positive * (active.sum() / torch.where(total > 0, total, 1.0))
+        renormalised = normalise_over_active(self.weights.clamp(min=1e-6), active)
         self.weights.copy_(torch.where(active, renormalised, before))
         self._active = self._weights_before_step = None
