@@ -78,7 +78,11 @@ class RunDirectory:
 
     def start_training(self) -> None:
         """The run is about to write its files: delete the earlier run's if this run replaces it (so no stale
-        checkpoint or row file of it is left to resume from), and move Hydra's pending record to ``.hydra/``."""
+        checkpoint or row file of it is left to resume from), and move Hydra's pending record to ``.hydra/``. Only the
+        first call acts: ``stl=true`` calls it once per single-task model, and the later ones must not delete the
+        earlier ones' ``stl/`` folders."""
+        if self.started:
+            return
         self.started = True
         if self.replaces_earlier_run and self.is_main:
             for name in self.earlier_run:

@@ -124,6 +124,19 @@ def test_a_run_that_never_trained_keeps_an_earlier_runs_record_else_its_own(tmp_
     assert not (tmp_path / PENDING_RECORD).exists()
 
 
+def test_overwrite_deletes_the_earlier_run_once_not_what_the_first_single_task_model_wrote(tmp_path: Path) -> None:
+    """stl=true starts training once per task: the second start must not delete the first task's new stl/ run."""
+    (tmp_path / "stl" / "old").mkdir(parents=True)
+    directory = RunDirectory(tmp_path)
+    directory.check(resume=False, overwrite=True)
+    directory.start_training()
+    assert not (tmp_path / "stl").exists()
+    (tmp_path / "stl" / "a").mkdir(parents=True)
+    (tmp_path / "stl" / "a" / "summary.json").write_text("{}")
+    directory.start_training()
+    assert (tmp_path / "stl" / "a" / "summary.json").read_text() == "{}"
+
+
 @pytest.mark.parametrize("earlier_run_there", [False, True])
 def test_the_log_follows_the_record_or_stops_with_it(tmp_path: Path, earlier_run_there: bool) -> None:
     """Hydra's file handler (opened lazily) writes into the pending record; after the record moves (or is deleted),
