@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-from mtl_train.cli import config_dir
+from mtl_train.cli import config_dir, main
 
 CONFIG_DIR = Path(config_dir())
 
@@ -72,3 +73,14 @@ def image_data_overrides(root: Path, dataset: str = "fashion_mnist") -> list[str
     """Overrides that point the MNIST-family task sets at the tiny offline data (``dataset``: its config name)."""
     return [f"dataset={dataset}", f"dataset.root={root}", "dataset.download=false", "dataset.system_dirs=[]",
             "dataset.val_size=20"]
+
+
+def run_cli_in_process(args: list[str], monkeypatch: pytest.MonkeyPatch) -> int | str | None:
+    """``mtl-train ARGS`` in this process (Hydra included): its exit status, 0 when it returned."""
+    monkeypatch.setenv("COLUMNS", "400")  # one message line, not wrapped by rich
+    monkeypatch.setattr(sys, "argv", ["mtl-train", *args])
+    try:
+        main()
+    except SystemExit as exit_info:
+        return exit_info.code
+    return 0

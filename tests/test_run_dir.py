@@ -8,28 +8,16 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_cli_in_process
 
-from mtl_train.cli import main
 from mtl_train.errors import ConfigError
 from mtl_train.run_dir import PENDING_RECORD, RunDirectory, continues_run_in, previous_run_files
 
 SMOKE = ["debug=smoke", "dataset.num_val=16", "trainer.plots=false", "trainer.progress=none"]
-
-
-def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
-    """``mtl-train <args>`` in this process: its exit status (0 when it returned)."""
-    monkeypatch.setenv("COLUMNS", "400")  # one message line, not wrapped by rich
-    monkeypatch.setattr(sys, "argv", ["mtl-train", *args])
-    try:
-        main()
-    except SystemExit as exit_info:
-        return exit_info.code
-    return 0
 
 
 def snapshot(run_dir: Path) -> dict[str, tuple[bytes, int] | None]:
@@ -47,7 +35,7 @@ def earlier_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished 2-step run, trained through the CLI (tests work on copies of it)."""
     run_dir = tmp_path_factory.mktemp("earlier") / "run"
     with pytest.MonkeyPatch.context() as patch:
-        assert run_cli([*SMOKE, f"hydra.run.dir={run_dir}"], patch) == 0
+        assert run_cli_in_process([*SMOKE, f"hydra.run.dir={run_dir}"], patch) == 0
     return run_dir
 
 
@@ -184,7 +172,7 @@ def test_a_second_run_into_the_same_directory_is_refused_and_changes_nothing(
 ) -> None:
     before = snapshot(run_dir)
     assert ".hydra/config.yaml" in before and ".hydra/overrides.yaml" in before and "checkpoints/last.pt" in before
-    assert run_cli([*SMOKE, "weighting=uw", f"hydra.run.dir={run_dir}"], monkeypatch) == 1
+    assert run_cli_in_process([*SMOKE, "weighting=uw", f"hydra.run.dir={run_dir}"], monkeypatch) == 1
     stderr = capsys.readouterr().err
     assert error_lines(stderr) == [
         f"error: hydra.run.dir={run_dir} already holds a run (summary.json, metrics.jsonl, losses.csv, weights.csv, "
@@ -206,7 +194,7 @@ def test_a_resume_that_fails_before_training_leaves_every_file_as_it_was(
     if damage == "corrupt checkpoint":
         (run_dir / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
     before = snapshot(run_dir)
-    status = run_cli([*SMOKE, "weighting=uw", "seed=3", *overrides, "trainer.resume=true", f"hydra.run.dir={run_dir}"],
+    status = run_cli_in_process([*SMOKE, "weighting=uw", "seed=3", *overrides, "trainer.resume=true", f"hydra.run.dir={run_dir}"],
                      monkeypatch)
     stderr = capsys.readouterr().err
     assert status != 0 and len(error_lines(stderr)) == 1 and message in stderr and "Traceback" not in stderr
@@ -216,7 +204,7 @@ def test_a_resume_that_fails_before_training_leaves_every_file_as_it_was(
 def test_overwrite_replaces_the_earlier_run_and_deletes_what_it_does_not_write(run_dir: Path,
                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     overrides = [*SMOKE, "weighting=uw", "trainer.checkpoint=false", "trainer.overwrite=true"]
-    assert run_cli([*overrides, f"hydra.run.dir={run_dir}"], monkeypatch) == 0
+    assert run_cli_in_process([*overrides, f"hydra.run.dir={run_dir}"], monkeypatch) == 0
     assert yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) == overrides
     assert '"weighting": "UncertaintyWeighting"' in (run_dir / "summary.json").read_text()
     assert not (run_dir / "checkpoints").exists()  # the earlier run's checkpoint would not fit these rows
@@ -227,7 +215,7 @@ def test_a_run_that_fails_in_a_fresh_directory_leaves_its_config_for_the_report(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run_dir = tmp_path / "run"
-    assert run_cli([*SMOKE, "trainer.batch_size=0", f"hydra.run.dir={run_dir}"], monkeypatch) == 1
+    assert run_cli_in_process([*SMOKE, "trainer.batch_size=0", f"hydra.run.dir={run_dir}"], monkeypatch) == 1
     assert (run_dir / ".hydra" / "config.yaml").is_file() and not (run_dir / PENDING_RECORD).exists()
     assert previous_run_files(run_dir) == []  # so the same command, fixed, may run there
 
@@ -238,7 +226,7 @@ def test_an_output_directory_under_a_file_is_one_clear_error(
 ) -> None:
     (tmp_path / "file").write_text("")
     sweep = ["-m"] if key == "hydra.sweep.dir" else []
-    assert run_cli([*sweep, *SMOKE, f"{key}={tmp_path / 'file' / 'run'}"], monkeypatch) == 1
+    assert run_cli_in_process([*sweep, *SMOKE, f"{key}={tmp_path / 'file' / 'run'}"], monkeypatch) == 1
     stderr = capsys.readouterr().err
     assert error_lines(stderr) == [
         f"error: {key}={tmp_path / 'file' / 'run'} cannot be created (Not a directory); set {key} to a writable "

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from user_project import write_user_project
+from conftest import run_cli_in_process
 
 from mtl_train.cli import main
 from mtl_train.help import groups_help
@@ -35,17 +36,6 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """``PYTHONPATH=<cwd> mtl-train ARGS`` in ``cwd``."""
     env = {**os.environ, "PYTHONPATH": str(cwd), "COLUMNS": "120"}
     return subprocess.run([MTL_TRAIN, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-
-
-def run_in_process(args: list[str], monkeypatch: pytest.MonkeyPatch) -> int | str | None:
-    """Run ``mtl-train ARGS`` in this process; its exit code (None when it returned normally)."""
-    monkeypatch.setenv("COLUMNS", "400")  # one message line, not wrapped by rich
-    monkeypatch.setattr(sys, "argv", ["mtl-train", *args])
-    try:
-        main()
-    except SystemExit as exit_info:
-        return exit_info.code
-    return None
 
 
 def test_user_metric_counts_predictions_within_the_tolerance(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -87,7 +77,7 @@ def test_user_project_trains_through_the_cli_with_its_own_classes(project: Path)
 
 def test_help_lists_the_users_options_beside_the_packages(project: Path, monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture) -> None:
-    assert run_in_process(["--config-dir", str(project / "configs"), "--help"], monkeypatch) in (0, None)
+    assert run_cli_in_process(["--config-dir", str(project / "configs"), "--help"], monkeypatch) in (0, None)
     groups = capsys.readouterr().out.split("== Config groups: group=option ==\n")[1].split("\n\n")[0]
     entries = " ".join(groups.split())
     for user, ours in (("my_data", "synthetic_ecg"), ("my_net", "cnn1d"), ("linear", "classification"),
@@ -100,10 +90,10 @@ def test_searchpath_and_a_users_own_group_work_like_config_dir(project: Path, mo
     (project / "configs" / "sizes").mkdir()
     (project / "configs" / "sizes" / "small.yaml").write_text("rows: 48\n")  # a group of the user's own
     monkeypatch.syspath_prepend(str(project))
-    code = run_in_process([f"hydra.searchpath=[file://{project / 'configs'}]", "experiment=my_exp", "+sizes=small",
+    code = run_cli_in_process([f"hydra.searchpath=[file://{project / 'configs'}]", "experiment=my_exp", "+sizes=small",
                            "dataset.num_train=${sizes.rows}", "trainer.max_steps=2", "trainer.batch_size=16",
                            f"hydra.run.dir={project / 'run'}"], monkeypatch)
-    assert code is None
+    assert code == 0
     summary = json.loads((project / "run" / "summary.json").read_text())
     assert summary["steps"] == 2
     config = (project / "run" / ".hydra" / "config.yaml").read_text()
@@ -151,7 +141,7 @@ def test_locate_names_what_is_missing() -> None:
 def test_bad_user_inputs_give_one_clear_line(args: list[str], message: str, project: Path,
                                              monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     monkeypatch.syspath_prepend(str(project))
-    code = run_in_process([arg.replace("{tmp}", str(project)) for arg in [*args, "hydra.run.dir={tmp}/run"]],
+    code = run_cli_in_process([arg.replace("{tmp}", str(project)) for arg in [*args, "hydra.run.dir={tmp}/run"]],
                           monkeypatch)
     assert code == 1
     stderr = capsys.readouterr().err
