@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,19 @@ def test_every_component_module_has_a_yaml(package: str, group: str) -> None:
     for module in (REPO / "mtl_train" / package).glob("*.py"):
         if module.stem not in helpers:
             assert f"mtl_train.{package}.{module.stem}." in targets, f"no configs/{group}/*.yaml targets {module}"
+
+
+def test_cls_seg_anneals_the_learning_rate_to_zero_over_the_run() -> None:
+    """task=cls_seg picks scheduler=cosine: lr_e = lr (1 + cos(pi e / E)) / 2 per epoch, 0 after the last one; a
+    scheduler chosen on the command line replaces it."""
+    cfg = compose_config(["task=cls_seg", "trainer.max_epochs=4"])
+    assert cfg.scheduler.interval == "epoch"
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = instantiate(cfg.scheduler.build, "scheduler.build")(optimizer)
+    rates = []
+    for _ in range(4):
+        optimizer.step()
+        scheduler.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert rates == pytest.approx([(1 + math.cos(math.pi * e / 4)) / 2 for e in range(1, 5)], abs=1e-12)
+    assert compose_config(["task=cls_seg", "scheduler=none"]).scheduler.build._target_.endswith("ConstantLR")
