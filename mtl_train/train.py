@@ -107,8 +107,12 @@ def train(cfg: DictConfig) -> dict:
         with SetupSignals():  # torchrun's rendezvous may wait for the other ranks
             distributed, device_name = init_distributed(cfg.trainer.device)
         if cfg.stl:
-            return train_single_task_baselines(cfg, distributed, device_name, run_dir)
-        return train_model(cfg, distributed, device_name, run_dir)
+            summary = train_single_task_baselines(cfg, distributed, device_name, run_dir)
+        else:
+            summary = train_model(cfg, distributed, device_name, run_dir)
+        if distributed.enabled:
+            torch.distributed.barrier()  # no rank tears down the process group while another still uses it
+        return summary
     finally:
         run_dir.close()
         if distributed.enabled:
