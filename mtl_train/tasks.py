@@ -59,6 +59,14 @@ class Task:
     loss: nn.Module
     metric: TaskMetric
 
+    def compute_loss(self, output: Tensor, target: Tensor) -> Tensor:
+        """The task's loss on one batch."""
+        return self.loss(output, target)
+
+    def update_metric(self, output: Tensor, target: Tensor) -> None:
+        """Add one batch to the task's metric."""
+        self.metric.update(output, target)
+
 
 def build_tasks(task_cfg: DictConfig, target_names: list[str]) -> list[Task]:
     """One :class:`Task` per key of ``task_cfg``; every target must be one the dataset provides."""

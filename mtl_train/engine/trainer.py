@@ -190,7 +190,7 @@ class Trainer:
 
     def task_losses(self, outputs: dict[str, Tensor], targets: dict[str, Tensor]) -> Tensor:
         """The ``(k,)`` task losses, computed in float32 outside autocast."""
-        return torch.stack([task.loss(outputs[task.name].float(), targets[task.target]) for task in self.tasks])
+        return torch.stack([task.compute_loss(outputs[task.name].float(), targets[task.target]) for task in self.tasks])
 
     def _forward_rng_state(self) -> tuple[Tensor, Tensor | None]:
         """The global torch RNG states (the CPU's, and the training device's when it is a GPU) that the training
@@ -360,7 +360,7 @@ class Trainer:
                 outputs = self.model(inputs)
             loss_sums += self.task_losses(outputs, targets).double() * inputs.shape[0]
             for task in self.tasks:
-                task.metric.update(outputs[task.name].float(), targets[task.target])
+                task.update_metric(outputs[task.name].float(), targets[task.target])
         self.distributed.sum_(loss_sums)
         for task in self.tasks:
             self.distributed.sum_metric_state(task.metric, self.device)
