@@ -39,6 +39,7 @@ TASK_SETTINGS: dict[str, Any] = {
     "activation": str,        # reconstruction head: none | sigmoid (targets in [0, 1])
     "offset": float,          # regression head: predictions are offset + scale * output, in the target's units
     "scale": float,
+    "missing_label": float,   # the target value that marks "no label" for a sample (e.g. -1 for classes, .nan)
 }
 """Every key a task node may hold, with its type. Head settings a chosen head does not have are left unused."""
 
@@ -58,6 +59,7 @@ class Task:
     target: str
     loss: nn.Module
     metric: TaskMetric
+    missing_label: float | None = None
 
     def compute_loss(self, output: Tensor, target: Tensor) -> Tensor:
         """The task's loss on one batch."""
@@ -86,6 +88,7 @@ def build_tasks(task_cfg: DictConfig, target_names: list[str]) -> list[Task]:
                 target=node.target,
                 loss=instantiate(node.loss, f"task.{name}.loss"),
                 metric=instantiate(node.metric, f"task.{name}.metric"),
+                missing_label=node.get("missing_label"),
             )
         )
     return tasks
