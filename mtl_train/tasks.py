@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from mtl_train.data.base import MultiTaskData
 from mtl_train.errors import ConfigError, UserError
+from mtl_train.labels import check_missing_label, labelled_mask, masked_mean_loss
 from mtl_train.losses.cross_entropy import CrossEntropy
 from mtl_train.losses.focal import FocalLoss
 from mtl_train.metrics.base import TaskMetric
@@ -61,13 +62,23 @@ class Task:
     metric: TaskMetric
     missing_label: float | None = None
 
+    def __post_init__(self) -> None:
+        if self.missing_label is not None:
+            check_missing_label(self.name, self.loss, self.missing_label)
+
     def compute_loss(self, output: Tensor, target: Tensor) -> Tensor:
-        """The task's loss on one batch."""
-        return self.loss(output, target)
+        """The task's loss on one batch: over its labelled elements only when ``missing_label`` is set (0, with a
+        zero gradient, for a batch without labels: :mod:`mtl_train.labels`)."""
+        if self.missing_label is None:
+            return self.loss(output, target)
+        return masked_mean_loss(self.loss, output, target, labelled_mask(target, self.missing_label))
 
     def update_metric(self, output: Tensor, target: Tensor) -> None:
-        """Add one batch to the task's metric."""
-        self.metric.update(output, target)
+        """Add one batch (its labelled elements, when ``missing_label`` is set) to the task's metric."""
+        if self.missing_label is None:
+            self.metric.update(output, target)
+        else:
+            self.metric.update_labelled(output, target, labelled_mask(target, self.missing_label))
 
 
 def build_tasks(task_cfg: DictConfig, target_names: list[str]) -> list[Task]:
@@ -153,7 +164,7 @@ def run_problem(task: Task, head: str, output: Tensor, target: Tensor, described
     """Why ``task``'s loss or metric fails on this batch (or gives no scalar loss), or None when both work."""
     name, loss = task.name, type(task.loss).__name__
     try:
-        value = task.loss(output, target)
+        value = task.compute_loss(output, target)
     except UserError:
         raise
     except Exception as error:  # whatever a loss raises on inputs it does not accept
@@ -162,7 +173,7 @@ def run_problem(task: Task, head: str, output: Tensor, target: Tensor, described
         return (f"task.{name}.loss={loss} must return one number (a scalar tensor), got "
                 f"{getattr(value, 'shape', value)}; use a loss that averages (reduction mean)")
     try:
-        task.metric.update(output, target)
+        task.update_metric(output, target)
     except UserError:
         raise
     except Exception as error:  # whatever a metric raises on inputs it does not accept

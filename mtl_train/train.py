@@ -24,6 +24,7 @@ from mtl_train.model import MultiTaskModel
 from mtl_train.plots import plot_run
 from mtl_train.run_dir import RunDirectory
 from mtl_train.schedules.joint import JointSchedule
+from mtl_train.labels import check_labels
 from mtl_train.tasks import build_tasks, check_tasks_fit
 from mtl_train.utils.instantiate import instantiate
 from mtl_train.utils.io import write_json
@@ -138,6 +139,7 @@ def train_model(cfg: DictConfig, distributed: Distributed = Distributed(), devic
 
         data = instantiate(cfg.dataset, "dataset").build()
         tasks = build_tasks(cfg.task, data.target_names)
+        check_labels(tasks, data)
         task_names = [task.name for task in tasks]
         if baselines is not None:
             require_tasks(baselines, task_names)

@@ -77,6 +77,16 @@ BAD_INPUTS = [
     ("fractions not summing to 1", [*FILES, FILE_TARGETS, "dataset.fractions=[0.5,0.2,0.2]"],
      "must be three numbers >= 0 (train, val, test) summing to 1"),
     ("an empty split", [*FILES, FILE_TARGETS, "dataset.fractions=[0.9,0.1,0.0]"], "leaves the test split empty"),
+    ("class label above the class count", [*FILES, "dataset.targets={rhythm: rhythm_large, clean: clean}"],
+     "hold class indices up to 7; set task.rhythm.num_outputs=8"),
+    ("negative class label", [*FILES, "dataset.targets={rhythm: rhythm_negative, clean: clean}"],
+     "holds the class index -2, outside [0, num_outputs); if -2 marks a missing label, set "
+     "task.rhythm.missing_label=-2"),
+    ("a task with no label in train", [*FILES, "dataset.targets={rhythm: rhythm_unlabelled, clean: clean}",
+                                       "+task.rhythm.missing_label=-1"],
+     "error: task rhythm (target 'rhythm') has no label in the train split"),
+    ("NaN targets without missing_label", [*FILES, "dataset.targets={rhythm: rhythm, clean: clean_nan}"],
+     "the train targets hold NaN; if NaN marks a missing label, set task.denoise.missing_label=.nan"),
 ]
 
 
@@ -91,8 +101,12 @@ def prepare_bad_files(tmp: Path) -> None:
     rhythm = np.arange(8) % 4
     x_nan = x.copy()
     x_nan[5, 0, 9] = np.nan
+    clean_nan = x.copy()
+    clean_nan[:, 0, 0] = np.nan
     np.savez(tmp / "mine.npz", x=x, x_nan=x_nan, rhythm=rhythm,
-             rhythm_float=rhythm.astype(np.float32), clean=x, short=rhythm[:7], names=np.array(["a"] * 8))
+             rhythm_float=rhythm.astype(np.float32), clean=x, short=rhythm[:7], names=np.array(["a"] * 8),
+             rhythm_large=np.arange(8), rhythm_negative=np.where(np.arange(8) == 3, -2, rhythm),
+             rhythm_unlabelled=np.full(8, -1), clean_nan=clean_nan)
 
 
 @pytest.mark.parametrize(("overrides", "message"), [case[1:] for case in BAD_INPUTS], ids=[case[0] for case in BAD_INPUTS])

@@ -29,6 +29,16 @@ def check_class_count(weights: Tensor | None, logits: Tensor) -> None:
         )
 
 
+REDUCTIONS = ("mean", "none")
+
+
+def check_reduction(reduction: str) -> str:
+    """``reduction`` when it is one of :data:`REDUCTIONS`, else a :class:`ConfigError`."""
+    if reduction not in REDUCTIONS:
+        raise ConfigError(f"loss.reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+    return reduction
+
+
 class CrossEntropy(nn.Module):
     """``F.cross_entropy`` on float32 logits: ``(B, C)`` with target ``(B,)`` or dense
     ``(B, C, *spatial)`` with target ``(B, *spatial)``.
@@ -41,19 +51,28 @@ class CrossEntropy(nn.Module):
         class_weights: One positive weight per class, or None for uniform weights. Kept as a buffer
             so it follows the module's ``.to(device)``.
         label_smoothing: In ``[0, 1)``; the amount of probability mass spread uniformly over classes.
+        reduction: ``mean`` (the weighted mean above) or ``none`` (one weighted value ``w_{y_i} l_i`` per element,
+            for masked means: :mod:`mtl_train.labels`).
     """
 
     class_weights: Tensor | None
 
-    def __init__(self, class_weights: list[float] | None = None, label_smoothing: float = 0.0) -> None:
+    def __init__(self, class_weights: list[float] | None = None, label_smoothing: float = 0.0,
+                 reduction: str = "mean") -> None:
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
             raise ConfigError(f"loss.label_smoothing must be in [0, 1), got {label_smoothing}")
         self.label_smoothing = float(label_smoothing)
+        self.reduction = check_reduction(reduction)
         self.register_buffer("class_weights", class_weight_buffer(class_weights))
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Mean cross-entropy as a float32 scalar (logits of any float dtype are upcast first)."""
         check_class_count(self.class_weights, logits)
         weight = None if self.class_weights is None else self.class_weights.float()
-        return F.cross_entropy(logits.float(), target, weight=weight, label_smoothing=self.label_smoothing)
+        return F.cross_entropy(logits.float(), target, weight=weight, label_smoothing=self.label_smoothing,
+                               reduction=self.reduction)
+
+    def mean_weights(self, target: Tensor) -> Tensor | None:
+        """The weight ``w_{y_i}`` of each element in the mean (None: an unweighted mean)."""
+        return None if self.class_weights is None else self.class_weights.float()[target]

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from mtl_train.errors import ConfigError
-from mtl_train.losses.cross_entropy import check_class_count, class_weight_buffer
+from mtl_train.losses.cross_entropy import check_class_count, check_reduction, class_weight_buffer
 
 MIN_MODULATING_FACTOR = 1e-12
 """Floor on ``1 - p_t``. At ``p_t == 1`` exactly, ``(1 - p_t)**gamma`` has an infinite derivative
@@ -29,15 +29,18 @@ class FocalLoss(nn.Module):
     Args:
         gamma: Focusing parameter, ``>= 0``; 0 gives (weighted) cross-entropy.
         class_weights: ``alpha_t``, one positive weight per class; None means 1 for every class.
+        reduction: ``mean`` (the plain mean above) or ``none`` (one value per element, for masked means:
+            :mod:`mtl_train.labels`).
     """
 
     class_weights: Tensor | None
 
-    def __init__(self, gamma: float = 2.0, class_weights: list[float] | None = None) -> None:
+    def __init__(self, gamma: float = 2.0, class_weights: list[float] | None = None, reduction: str = "mean") -> None:
         super().__init__()
         if not gamma >= 0:
             raise ConfigError(f"loss.gamma must be >= 0, got {gamma}")
         self.gamma = float(gamma)
+        self.reduction = check_reduction(reduction)
         self.register_buffer("class_weights", class_weight_buffer(class_weights))
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
@@ -54,4 +57,4 @@ class FocalLoss(nn.Module):
         loss = -one_minus_p_t.pow(self.gamma) * log_p_t
         if self.class_weights is not None:
             loss = loss * self.class_weights.float()[target]
-        return loss.mean()
+        return loss.mean() if self.reduction == "mean" else loss

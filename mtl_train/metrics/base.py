@@ -50,6 +50,15 @@ class TaskMetric(ABC):
     def compute(self) -> dict[str, float]:
         """Scores over everything accumulated since the last reset, keyed like ``higher_is_better``."""
 
+    def update_labelled(self, prediction: Tensor, target: Tensor, labelled: Tensor) -> None:
+        """Add the labelled part of one batch (``labelled``: bool, ``target``'s shape; :mod:`mtl_train.labels`).
+
+        This default adds the samples whose every target element is labelled; it selects them by boolean indexing,
+        which reads the mask on the host. Metrics that can mask element by element on the device override it."""
+        rows = labelled.reshape(labelled.shape[0], -1).all(dim=1)
+        if bool(rows.any()):
+            self.update(prediction[rows], target[rows])
+
 
 class ConfusionMatrixMetric(TaskMetric):
     """Base for metrics derived from the confusion matrix of argmax predictions.
@@ -74,6 +83,14 @@ class ConfusionMatrixMetric(TaskMetric):
         self._invalid: Tensor | None = None  # scalar int64: targets outside [0, C)
 
     def update(self, prediction: Tensor, target: Tensor) -> None:
+        self._add(prediction, target, None)
+
+    def update_labelled(self, prediction: Tensor, target: Tensor, labelled: Tensor) -> None:
+        """Add the labelled elements of one batch, element by element and without host reads: an unlabelled element
+        is neither counted nor an invalid class index."""
+        self._add(prediction, target, labelled)
+
+    def _add(self, prediction: Tensor, target: Tensor, labelled: Tensor | None) -> None:
         c = self.num_classes
         if prediction.ndim < 2 or prediction.shape[1] != c:
             raise ValueError(f"prediction must be logits of shape (B, {c}, ...), got {tuple(prediction.shape)}")
@@ -86,12 +103,15 @@ class ConfusionMatrixMetric(TaskMetric):
             self._counts = torch.zeros(c * c, dtype=torch.int64, device=prediction.device)
             self._invalid = torch.zeros((), dtype=torch.int64, device=prediction.device)
         target = target.to(torch.int64)
+        if labelled is not None:
+            target = torch.where(labelled, target, 0)
         valid = (target >= 0) & (target < c)
         # Same encoding as torch.bincount(target * C + pred, minlength=C*C), but bincount sizes its
         # output from the data's max, which forces a host sync on CUDA; index_add_ into a
         # fixed-size buffer does not.
         index = torch.where(valid, target * c + prediction.argmax(dim=1), 0)
-        self._counts.index_add_(0, index.flatten(), valid.flatten().to(torch.int64))
+        counted = valid if labelled is None else valid & labelled
+        self._counts.index_add_(0, index.flatten(), counted.flatten().to(torch.int64))
         self._invalid += (~valid).sum()
 
     def confusion_matrix(self) -> Tensor:

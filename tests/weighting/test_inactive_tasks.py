@@ -272,3 +272,40 @@ def test_rlw_draws_on_the_active_tasks(distribution: str) -> None:
     assert weights.tolist() == pytest.approx(expected.tolist(), abs=1e-7)
     assert math.isclose(weights.sum().item(), 1.0, abs_tol=1e-6)
     assert torch.equal(method.generator.get_state(), drawn.generator.get_state())
+
+
+def without_labels_of_b(trainer, rows: slice) -> None:
+    """Task b gets ``missing_label: -1`` and no label in training rows ``rows``."""
+    trainer.tasks[OFF].missing_label = -1
+    trainer.splits["train"].targets["b"][rows] = -1
+
+
+@pytest.mark.parametrize(("name", "mode"), CASES)
+def test_a_batch_without_labels_for_a_task_makes_it_inactive_for_every_method(name: str, mode: str | None,
+                                                                            tmp_path: Path) -> None:
+    """Missing labels: b's loss on a batch where no row has its label is exactly 0 with a zero gradient, so b is
+    inactive in that step for every method (loss-based and gradient-based): (1) the shared part follows a's
+    gradient, (2) b's weight is 0 and finite, (3) no state entry of b moves, (4) b's head does not move (plain SGD).
+    The next batch, with b's labels, trains b again."""
+    weighting = build(name, mode)
+    trainer = tiny_trainer(weighting, tmp_path)
+    without_labels_of_b(trainer, slice(0, BATCH_SIZE))
+    applied = record_applied_weights(weighting)
+    model, split = trainer.model, trainer.splits["train"]
+    inputs, targets = first_batch(trainer)
+    expected = flat(torch.autograd.grad(task_loss(model, inputs, targets, "a"), model.shared_parameters()))
+    head_of_b = [p.detach().clone() for p in model.task_parameters("b")]
+    state_before = state_of_task(weighting, OFF)
+
+    losses, weights = trainer.train_step(inputs, targets)
+
+    assert losses[OFF].item() == 0.0 and torch.isfinite(losses).all()
+    assert_update_from_task_a(name, 0, model, expected)
+    assert_state_kept(name, state_before, state_of_task(weighting, OFF))
+    assert all(torch.equal(p, q) for p, q in zip(model.task_parameters("b"), head_of_b))
+    assert torch.isfinite(applied[-1]).all() and torch.isfinite(weights).all()
+    assert applied[-1][OFF].item() == 0.0 and weights[OFF].item() == 0.0
+    trainer.step += 1
+    labelled = slice(BATCH_SIZE, 2 * BATCH_SIZE)
+    trainer.train_step(split.inputs[labelled], {t: target[labelled] for t, target in split.targets.items()})
+    assert not all(torch.equal(p, q) for p, q in zip(model.task_parameters("b"), head_of_b))
