@@ -89,7 +89,7 @@ def check_labels(tasks: list[Task], data: MultiTaskData) -> None:
             if target.is_floating_point() and task.missing_label is None and bool(torch.isnan(target).any()):
                 raise ConfigError(
                     f"{where}: the {split_name} targets hold NaN; if NaN marks a missing label, set "
-                    f"task.{task.name}.missing_label=.nan, else fix the data")
+                    f"task.{task.name}.missing_label=nan (in YAML: .nan), else fix the data")
             if task.missing_label is not None and is_nan(task.missing_label) and not target.is_floating_point():
                 raise ConfigError(
                     f"task.{task.name}.missing_label=nan, but target {task.target!r} holds integer class indices; "

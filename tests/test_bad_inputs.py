@@ -86,7 +86,7 @@ BAD_INPUTS = [
                                        "+task.rhythm.missing_label=-1"],
      "error: task rhythm (target 'rhythm') has no label in the train split"),
     ("NaN targets without missing_label", [*FILES, "dataset.targets={rhythm: rhythm, clean: clean_nan}"],
-     "the train targets hold NaN; if NaN marks a missing label, set task.denoise.missing_label=.nan"),
+     "the train targets hold NaN; if NaN marks a missing label, set task.denoise.missing_label=nan"),
 ]
 
 

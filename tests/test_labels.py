@@ -136,7 +136,7 @@ def data(train: torch.Tensor, val: torch.Tensor | None = None) -> MultiTaskData:
 
 def test_check_labels_names_nan_targets_without_missing_label() -> None:
     with pytest.raises(ConfigError, match=r"task t \(target 'y'\): the train targets hold NaN; .*"
-                                          r"set task.t.missing_label=.nan"):
+                                          r"set task.t.missing_label=nan \(in YAML: .nan\)"):
         check_labels([task(nn.MSELoss(), None)], data(torch.tensor([1.0, math.nan])))
 
 

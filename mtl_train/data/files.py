@@ -1,28 +1,44 @@
-"""Your own arrays as a multi-task dataset, from files and a config, no code (``dataset=files``).
+"""Your own arrays or tables as a multi-task dataset, from files and a config, no code (``dataset=files``).
 
 Formats, chosen by the path:
 
 * ``.npz``: named arrays (``numpy.savez``), read one array at a time;
 * a folder of ``.npy`` files: one array per file, named by the file's stem (``x.npy`` is the array ``x``), opened
   memory-mapped (``numpy.load(mmap_mode="r")``) so that only the rows a split needs are read into memory;
-* ``.pt``: a dict of tensors (``torch.save``), read with ``torch.load(weights_only=True)``.
+* ``.pt``: a dict of tensors (``torch.save``), read with ``torch.load(weights_only=True)``;
+* a table: ``.csv`` or ``.csv.gz`` (UTF-8, comma-separated, a header line of column names; read with the standard
+  library's ``csv`` module, no pandas) or ``.parquet`` (read with pyarrow: ``pip install 'mtl-train[tables]'``).
+  Each column is an array of its own; ``inputs`` is a list of columns (``[age, bmi, bp]``) or one pattern
+  (``"f*"``, ``"pixel_*"``: shell-style, :func:`fnmatch.fnmatchcase`, matched against the column names in file
+  order, leaving out the target and split columns), stacked into ``(N, F)`` vectors. A CSV column whose cells are
+  all whole numbers (``3``, not ``3.0``) is integer, class labels; one of numbers is float, with an empty cell
+  read as NaN (a regression target's "no label", for ``task.<t>.missing_label: .nan``). Empty cells are an error in
+  an integer target column (class labels mark "no label" with a number such as -1), in the split column and, as
+  NaN, in the inputs; text is an error in an input or target column. Parquet's integer, boolean and floating
+  columns are read the same way, its nulls as empty cells.
 
 Splits come from one of three places: one file (or folder) per split (``train``, ``val``, ``test``); a ``split``
-array in the single file (``train``/``val``/``test``, or ``0``/``1``/``2``), which keeps the file's row order; or
-``fractions`` of a permutation seeded by ``seed``, whose order is kept (so any prefix of a split is a random sample).
+array (or column) in the single file (``train``/``val``/``test``, or ``0``/``1``/``2``), which keeps the file's row
+order; or ``fractions`` of a permutation seeded by ``seed``, whose order is kept (so any prefix of a split is a
+random sample).
 
 Inputs become float32 ``(N, C, *spatial)``: ``(N, F)`` is a vector of ``F`` features, ``(N, C, L)`` a 1-D signal,
 ``(N, C, H, W)`` an image; with ``add_channel_axis`` an ``(N, L)`` signal or ``(N, H, W)`` image gets ``C = 1``.
 With ``normalize``, every channel (feature, for vectors) is shifted and scaled by the mean and population standard
 deviation of the TRAIN split only; the statistics are kept in ``sources["normalization"]``. Integer (and boolean)
-targets become int64 class indices, floating targets float32 regression targets.
+targets become int64 class indices, floating targets float32 regression targets. A table is read into such named
+arrays (its columns, and the stacked inputs) and goes the same way from there.
 """
 
 from __future__ import annotations
 
+import csv
+import difflib
+import gzip
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +53,10 @@ from mtl_train.errors import ConfigError
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 FRACTION_TOLERANCE = 1e-6
-FORMATS = "an .npz file, a .pt file (a dict of tensors) or a folder of .npy files"
+FORMATS = ("an .npz file, a .pt file (a dict of tensors), a folder of .npy files or a table (.csv, .csv.gz, "
+           ".parquet)")
+LISTED_COLUMNS = 20
+"""At most this many column names are listed in a message (then a count of the rest)."""
 
 
 @dataclass
@@ -68,14 +87,284 @@ class ArrayFile:
                                   "as a numeric array") from None
         return self.loaded[name]
 
+    def inputs(self, spec: str | Sequence[str], claimed: Mapping[str, str]) -> np.ndarray:
+        """The input array named by ``dataset.inputs`` (``spec``); a list of columns is for tables only.
+        ``claimed`` (the target and split columns of a table) is not used here."""
+        if not isinstance(spec, str):
+            raise ConfigError(f"dataset.inputs={list(spec)} is a list of columns, which only a table (.csv, .parquet) "
+                              f"has; {self.path} holds arrays: set dataset.inputs to the name of one array")
+        return self.get(spec, "dataset.inputs")
+
+    def target(self, name: str, key: str) -> np.ndarray:
+        """The target array ``name`` (named by the config key ``key``)."""
+        return self.get(name, key)
+
+    def split(self, name: str) -> np.ndarray:
+        """The per-row split array ``name`` (named by ``dataset.split``)."""
+        return self.get(name, "dataset.split")
+
     def files_read(self, names: Sequence[str]) -> list[Path]:
         """The files on disk that hold the arrays ``names`` (the one file, or their ``.npy`` files)."""
         return sorted({self.files.get(name, self.path) for name in names})
 
 
-def open_array_file(key: str, value: str) -> ArrayFile:
-    """The arrays at ``value`` (the config key ``key``): an ``.npz`` or ``.pt`` file, or a folder of ``.npy``
-    files (module docstring)."""
+@dataclass
+class Column:
+    """One parsed column of a table: ``values`` are int64 (every cell a whole number), float64 (numbers; an empty
+    cell is NaN), bool (Parquet), text or objects (Parquet's other types); ``empty`` holds the rows of its empty
+    cells (Parquet: nulls), and ``integer`` whether its non-empty cells are whole numbers (class labels)."""
+
+    values: np.ndarray
+    empty: np.ndarray
+    integer: bool
+
+
+@dataclass
+class TableFile:
+    """The columns of a CSV or Parquet table (module docstring), parsed when first used, with the methods of
+    :class:`ArrayFile` that :class:`FilesDataset` calls (``inputs``, ``target``, ``split``, ``files_read``).
+
+    ``read`` parses the column of a name; ``place`` names a row in messages (for a CSV file, with its line).
+    """
+
+    key: str
+    path: Path
+    columns: list[str]
+    n_rows: int
+    read: Callable[[str], Column]
+    place: Callable[[int], str]
+    parsed: dict[str, Column] = field(default_factory=dict)
+    stacked: dict[tuple[str, ...], np.ndarray] = field(default_factory=dict)
+
+    def column(self, name: str, key: str) -> Column:
+        """The column ``name`` (named by the config key ``key``); a :class:`ConfigError` listing the columns (and
+        the closest names) when there is none."""
+        if name not in self.columns:
+            close = difflib.get_close_matches(name, self.columns, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"{key}={name!r} is not a column of {self.path} ({self.key}); {hint}its columns: "
+                              f"{listed(self.columns)}; set {key} to one of them")
+        if name not in self.parsed:
+            self.parsed[name] = self.read(name)
+        return self.parsed[name]
+
+    def numbers(self, name: str, key: str) -> np.ndarray:
+        """The values of the column ``name``, which must be numbers (or empty); else a :class:`ConfigError` naming
+        the first cell that is not."""
+        values = self.column(name, key).values
+        if values.dtype.kind not in "biuf":
+            row = first_non_number(values)
+            raise ConfigError(f"column {name!r} of {self.path} ({key}) holds {values[row:row + 1].tolist()[0]!r} in "
+                              f"{self.place(row)}, not a number; an input or target column holds numbers only "
+                              "(an empty cell for a missing regression value)")
+        return values
+
+    def input_columns(self, spec: str | Sequence[str], claimed: Mapping[str, str]) -> list[str]:
+        """The columns that ``dataset.inputs`` (``spec``) names: a list of columns, or a pattern matched in file
+        order (module docstring). ``claimed`` maps the target and split columns to their keys: a pattern leaves
+        them out, a list may not hold them."""
+        if isinstance(spec, str):
+            matched = [name for name in self.columns if fnmatchcase(name, spec)]
+            chosen = [name for name in matched if name not in claimed]
+            if not chosen:
+                left_out = " but target or split columns, which are left out" if matched else ""
+                raise ConfigError(f"dataset.inputs={spec!r} matches no column of {self.path} ({self.key}){left_out};"
+                                  f" its columns: {listed(self.columns)}; set dataset.inputs to a pattern (* matches "
+                                  "any characters, e.g. 'f*') or a list of columns, e.g. [age, bmi]")
+            return chosen
+        if not spec or len(set(spec)) != len(spec):
+            raise ConfigError(f"dataset.inputs={list(spec)} must name each input column once, e.g. "
+                              "'dataset.inputs=[age,bmi]' (or a pattern: dataset.inputs='f*')")
+        for name in spec:
+            self.column(name, "dataset.inputs")
+            if name in claimed:
+                raise ConfigError(f"dataset.inputs lists {name!r}, the column of {claimed[name]}; a target among the "
+                                  f"inputs gives its answer away: remove {name!r} from dataset.inputs")
+        return list(spec)
+
+    def inputs(self, spec: str | Sequence[str], claimed: Mapping[str, str]) -> np.ndarray:
+        """The input columns (:meth:`input_columns`) stacked as float32 ``(N, F)`` vectors; an empty, NaN or
+        infinite cell is a :class:`ConfigError` naming its column and first row."""
+        names = tuple(self.input_columns(spec, claimed))
+        if names not in self.stacked:
+            stacked = np.empty((self.n_rows, len(names)), dtype=np.float32)
+            for index, name in enumerate(names):
+                stacked[:, index] = self.numbers(name, "dataset.inputs")
+                bad = np.flatnonzero(~np.isfinite(stacked[:, index]))
+                if len(bad):
+                    raise ConfigError(f"column {name!r} of {self.path} (dataset.inputs) is empty, NaN or infinite in "
+                                      f"{len(bad)} of {self.n_rows} rows, the first {self.place(int(bad[0]))}; fill "
+                                      "them in (impute) or remove those rows before training")
+            self.stacked[names] = stacked
+        return self.stacked[names]
+
+    def target(self, name: str, key: str) -> np.ndarray:
+        """The target column ``name`` (named by ``key``): numbers, and no empty cell among class labels."""
+        values = self.numbers(name, key)
+        column = self.column(name, key)
+        if column.integer and len(column.empty):
+            raise ConfigError(f"column {name!r} of {self.path} ({key}) holds class labels (whole numbers) but is "
+                              f"empty in {self.place(int(column.empty[0]))}; write -1 in its empty cells and set "
+                              "task.<t>.missing_label=-1 for the task of this target (regression values: write them "
+                              "as floats, 3.0)")
+        return values
+
+    def split(self, name: str) -> np.ndarray:
+        """The split column ``name`` (named by ``dataset.split``), without empty cells."""
+        column = self.column(name, "dataset.split")
+        if len(column.empty):
+            raise ConfigError(f"column {name!r} of {self.path} (dataset.split) is empty in "
+                              f"{self.place(int(column.empty[0]))}; every row needs train/val/test or 0/1/2")
+        return column.values
+
+    def files_read(self, names: Sequence[str]) -> list[Path]:
+        """The table's one file (whichever columns ``names`` were read)."""
+        return [self.path]
+
+
+DataFile = ArrayFile | TableFile
+
+
+def listed(names: Sequence[str]) -> str:
+    """``names`` joined by commas, the first :data:`LISTED_COLUMNS` of them (then a count of the rest)."""
+    if not names:
+        return "none"
+    more = len(names) - LISTED_COLUMNS
+    return ", ".join(names[:LISTED_COLUMNS]) + (f", ... ({more} more)" if more > 0 else "")
+
+
+def first_non_number(values: np.ndarray) -> int:
+    """The first row of the text or object column ``values`` that is neither empty nor a number."""
+    for row, value in enumerate(values.tolist()):
+        if value is None or value == "":
+            continue
+        if isinstance(value, str):
+            try:
+                float(value)
+                continue
+            except ValueError:
+                pass
+        return row
+    return 0
+
+
+def parse_cells(cells: Sequence[str]) -> Column:
+    """The :class:`Column` of a CSV column's ``cells``: int64 when every cell is a whole number, float64 when every
+    cell is a number or empty (NaN), else the cells' text (stripped)."""
+    count = len(cells)
+    none = np.zeros(0, dtype=np.int64)
+    try:
+        return Column(np.fromiter(map(int, cells), np.int64, count), none, True)
+    except (ValueError, OverflowError):
+        pass
+    try:
+        return Column(np.fromiter(map(float, cells), np.float64, count), none, False)
+    except ValueError:
+        pass
+    text = [cell.strip() for cell in cells]
+    empty = np.flatnonzero(np.fromiter((not cell for cell in text), bool, count))
+    try:
+        values = np.fromiter((float(cell) if cell else np.nan for cell in text), np.float64, count)
+    except ValueError:
+        return Column(np.array(text, dtype=str), empty, False)
+    filled = [cell for cell in text if cell]
+    return Column(values, empty, bool(filled) and all(map(is_whole, filled)))
+
+
+def is_whole(cell: str) -> bool:
+    """Whether the text ``cell`` is a whole number (as ``int()`` reads it: ``3``, ``-2``, not ``3.0``)."""
+    try:
+        int(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def check_header(key: str, path: Path, header: Sequence[str] | None) -> list[str]:
+    """The column names of a table's ``header``: present, non-empty and distinct."""
+    names = [name.strip() for name in header or []]
+    if not names:
+        raise ConfigError(f"{key}={path} is empty; its first line must name the columns (age,bmi,label)")
+    if len(names) == 1 and any(separator in names[0] for separator in ";\t"):
+        raise ConfigError(f"{key}={path} has one column, {names[0]!r}; separate the columns with commas")
+    empty = [index for index, name in enumerate(names) if not name]
+    if empty:
+        raise ConfigError(f"{key}={path}: column {empty[0]} of the header has no name; name every column")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"{key}={path} has more than one column named {repeated[0]!r}; give every column its own "
+                          "name")
+    return names
+
+
+def open_csv(key: str, path: Path) -> TableFile:
+    """The table of a UTF-8, comma-separated ``.csv`` (or ``.csv.gz``) file with a header line; blank lines are
+    skipped, and every other line must have one cell per column."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    records, lines = [], []
+    try:
+        with opener(path, "rt", newline="", encoding="utf-8-sig") as file:
+            reader = csv.reader(file)
+            header = next(reader, None)
+            for record in reader:
+                if record:
+                    records.append(record)
+                    lines.append(reader.line_num)
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as error:
+        raise ConfigError(f"{key}={path} is not a readable CSV file ({error}); write it as UTF-8 text, "
+                          "comma-separated, with a header line") from None
+    columns = check_header(key, path, header)
+    for record, line in zip(records, lines):
+        if len(record) != len(columns):
+            raise ConfigError(f"line {line} of {path} ({key}) has {len(record)} cells, its header {len(columns)}; "
+                              "give every line one cell per column (quote cells that hold commas)")
+
+    def read(name: str) -> Column:
+        index = columns.index(name)
+        return parse_cells([record[index] for record in records])
+
+    return TableFile(key, path, columns, len(records), read, lambda row: f"row {row} (line {lines[row]})")
+
+
+def open_parquet(key: str, path: Path) -> TableFile:
+    """The table of a ``.parquet`` file, read with pyarrow (:func:`arrow_column`)."""
+    try:
+        import pyarrow.parquet as parquet
+    except ImportError:
+        raise ConfigError(f"reading {path} needs pyarrow: pip install 'mtl-train[tables]'") from None
+    try:
+        table = parquet.read_table(path)
+    except Exception as error:  # pyarrow raises ArrowInvalid, OSError, ... for a file that is not Parquet
+        reason = " ".join(str(error).split())[:200]
+        raise ConfigError(f"{key}={path} is not a readable Parquet file ({reason}); write it with "
+                          "pyarrow.parquet.write_table (or pandas' to_parquet)") from None
+    columns = check_header(key, path, table.column_names)
+    return TableFile(key, path, columns, table.num_rows, lambda name: arrow_column(table.column(name)),
+                     lambda row: f"row {row}")
+
+
+def arrow_column(column: Any) -> Column:
+    """The :class:`Column` of a pyarrow ``ChunkedArray``: integers and booleans as they are (with nulls: float64,
+    NaN), floats and decimals as float64 (nulls NaN), strings as text (nulls empty), other types as objects."""
+    import pyarrow as pa
+
+    kind = column.type
+    if pa.types.is_dictionary(kind):
+        column, kind = column.cast(kind.value_type), kind.value_type
+    empty = np.flatnonzero(column.is_null().to_numpy())
+    whole = pa.types.is_integer(kind) or pa.types.is_boolean(kind)
+    if whole and len(empty) == 0:
+        return Column(column.to_numpy(), empty, True)
+    if whole or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+        return Column(column.cast(pa.float64()).fill_null(np.nan).to_numpy(), empty, whole)
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return Column(np.array(column.fill_null("").to_pylist(), dtype=str), empty, False)
+    return Column(np.array(column.to_pylist(), dtype=object), empty, False)
+
+
+def open_data_file(key: str, value: str) -> DataFile:
+    """The arrays at ``value`` (the config key ``key``): an ``.npz`` or ``.pt`` file, a folder of ``.npy`` files,
+    or a table (module docstring)."""
     path = Path(value).expanduser().absolute()
     if not path.exists():
         raise ConfigError(f"{key}={value} does not exist ({path}); set {key} to {FORMATS}")
@@ -84,6 +373,10 @@ def open_array_file(key: str, value: str) -> ArrayFile:
         if not files:
             raise ConfigError(f"{key}={value} is a folder without .npy files; set {key} to {FORMATS}")
         return ArrayFile(key, path, {name: open_npy(key, file) for name, file in files.items()}, files)
+    if path.name.endswith((".csv", ".csv.gz")):
+        return open_csv(key, path)
+    if path.suffix == ".parquet":
+        return open_parquet(key, path)
     if path.suffix == ".npz":
         try:
             return ArrayFile(key, path, np.load(path, allow_pickle=False), {})
@@ -231,9 +524,11 @@ class FilesDataset:
         train: the train split's file (or folder), with ``val`` and ``test``; null when ``path`` is set.
         val: the val split's file (or folder).
         test: the test split's file (or folder).
-        inputs: name of the input array.
-        targets: ``{target name: array name}``; task sets refer to the target names (``task.<t>.target``).
-        split: name of a per-row array in ``path`` assigning rows to train/val/test (or 0/1/2); null: ``fractions``.
+        inputs: name of the input array; for a table, a list of columns or a pattern (module docstring).
+        targets: ``{target name: array (or column) name}``; task sets refer to the target names
+            (``task.<t>.target``).
+        split: name of a per-row array (or column) in ``path`` assigning rows to train/val/test (or 0/1/2); null:
+            ``fractions``.
         fractions: train, val and test fractions of ``path``'s rows, drawn by ``seed`` (null: 0.8, 0.1, 0.1).
         seed: seed of the ``fractions`` permutation.
         normalize: standardise inputs per channel with the train split's mean and standard deviation.
@@ -248,7 +543,7 @@ class FilesDataset:
         train: str | None = None,
         val: str | None = None,
         test: str | None = None,
-        inputs: str = "inputs",
+        inputs: str | list[str] = "inputs",
         targets: dict[str, str] | None = None,
         split: str | None = None,
         fractions: list[float] | None = None,
@@ -301,20 +596,25 @@ class FilesDataset:
 
     def build(self) -> MultiTaskData:
         """Read the arrays, split them, convert and normalise them; ``sources`` lists the files read with their
-        checksums, and the normalisation statistics (also logged)."""
+        checksums, a table's input columns, and the normalisation statistics (also logged)."""
         self.check_settings()
         if self.path is not None:
-            source = open_array_file("dataset.path", self.path)
-            parts = self.split_single(source)
-            opened = [source]
+            opened = [open_data_file("dataset.path", self.path)]
         else:
-            opened = [open_array_file(f"dataset.{name}", self.split_paths[name]) for name in SPLITS]
+            opened = [open_data_file(f"dataset.{name}", self.split_paths[name]) for name in SPLITS]
+        input_columns = self.table_input_columns(opened)
+        if self.path is not None:
+            parts = self.split_single(opened[0])
+        else:
             parts = {name: self.read_split(file, name, None) for name, file in zip(SPLITS, opened)}
         limits = {"train": self.num_train, "val": self.num_train, "test": self.num_test}
         parts = {name: part.head(limits[name]) for name, part in parts.items()}
         self.check_consistent(parts)
-        names = [self.inputs, *self.targets.values(), *([self.split] if self.split else [])]
+        inputs = [self.inputs] if isinstance(self.inputs, str) else list(self.inputs)
+        names = [*inputs, *self.targets.values(), *([self.split] if self.split else [])]
         sources = file_sources("files", [path for file in opened for path in file.files_read(names)])
+        if input_columns is not None:
+            sources["input_columns"] = input_columns
         if self.normalize:
             mean, std = channel_statistics(parts["train"].inputs)
             parts = {name: TensorSplit(normalized(part.inputs, mean, std), part.targets)
@@ -323,11 +623,27 @@ class FilesDataset:
         log_sources(sources)
         return MultiTaskData(train=parts["train"], val=parts["val"], test=parts["test"], sources=sources)
 
-    def split_single(self, source: ArrayFile) -> dict[str, TensorSplit]:
+    def claimed_columns(self) -> dict[str, str]:
+        """The target and split columns (arrays), each with its config key: a table's inputs leave them out."""
+        claimed = {name: f"dataset.targets.{target}" for target, name in self.targets.items()}
+        return {**claimed, **({self.split: "dataset.split"} if self.split is not None else {})}
+
+    def table_input_columns(self, opened: Sequence[DataFile]) -> list[str] | None:
+        """The input columns of the tables among ``opened`` (None when there is none); every table must give the
+        same columns, in the same order."""
+        tables = [file for file in opened if isinstance(file, TableFile)]
+        chosen = [table.input_columns(self.inputs, self.claimed_columns()) for table in tables]
+        for table, columns in zip(tables[1:], chosen[1:]):
+            if columns != chosen[0]:
+                raise ConfigError(f"dataset.inputs={self.inputs!r} gives the columns {chosen[0]} in {tables[0].path} "
+                                  f"but {columns} in {table.path}; give every split's file the same input columns")
+        return chosen[0] if chosen else None
+
+    def split_single(self, source: DataFile) -> dict[str, TensorSplit]:
         """The three splits of one file, by its ``split`` array or by ``fractions``."""
-        n_rows = row_count(source.get(self.inputs, "dataset.inputs"))
+        n_rows = row_count(source.inputs(self.inputs, self.claimed_columns()))
         if self.split is not None:
-            split = source.get(self.split, "dataset.split")
+            split = source.split(self.split)
             where = f"dataset.split={self.split!r} in {source.path}"
             if len(split) != n_rows:
                 raise ConfigError(f"{where} has {len(split)} rows, dataset.inputs={self.inputs!r} has {n_rows}; "
@@ -344,10 +660,10 @@ class FilesDataset:
                 raise ConfigError(how.format(split=name))
         return {name: self.read_split(source, name, indices[name]) for name in SPLITS}
 
-    def read_split(self, source: ArrayFile, split: str, indices: Tensor | None) -> TensorSplit:
+    def read_split(self, source: DataFile, split: str, indices: Tensor | None) -> TensorSplit:
         """Inputs and targets of the ``split``'s rows ``indices`` of ``source`` (all rows when None), checked and
         converted."""
-        array = source.get(self.inputs, "dataset.inputs")
+        array = source.inputs(self.inputs, self.claimed_columns())
         n_rows = row_count(array)
         where = f"dataset.inputs={self.inputs!r} in {source.path}"
         if n_rows == 0:
@@ -357,7 +673,7 @@ class FilesDataset:
         targets = {}
         for target, name in self.targets.items():
             key = f"dataset.targets.{target}"
-            values = source.get(name, key)
+            values = source.target(name, key)
             where_target = f"{key}={name!r} in {source.path}"
             if row_count(values) != n_rows:
                 raise ConfigError(f"{where_target} has {row_count(values)} rows, {where} has {n_rows}; every "
