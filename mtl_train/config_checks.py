@@ -10,7 +10,8 @@ code that uses it. :func:`check_config` walks the config once and stops at the f
 * ``trainer``: the fields of :class:`~mtl_train.engine.trainer.TrainerSettings` and the keys
   :func:`mtl_train.train.train_model` reads itself (:data:`TRAINER_RUN_KEYS`), typed by their annotations;
 * ``scheduler``: ``interval`` and its ``build`` node;
-* ``task.<name>``: the task settings of :data:`mtl_train.tasks.TASK_SETTINGS`;
+* ``task.<name>``: the task settings of :data:`mtl_train.tasks.TASK_SETTINGS`, a typed task as its type fills it
+  (:func:`mtl_train.task_types.typed_task_node`);
 * every ``_target_`` node (dataset, backbone, weighting, schedule, optimizer, scheduler.build and each task's
   head, loss and metric) with :func:`mtl_train.utils.instantiate.check_node`, leaving out the arguments
   ``train_model`` passes itself (:data:`INJECTED`).
@@ -28,6 +29,7 @@ from omegaconf import DictConfig
 
 from mtl_train.engine.trainer import TrainerSettings
 from mtl_train.errors import ConfigError
+from mtl_train.task_types import TASK_TYPES, typed_task_node
 from mtl_train.tasks import TASK_COMPONENTS, TASK_SETTINGS
 from mtl_train.utils.config_values import check_keys, check_types
 from mtl_train.utils.instantiate import check_node
@@ -112,10 +114,11 @@ def check_task(name: str, node: Any) -> None:
     if not isinstance(node, DictConfig):
         raise ConfigError(f"{path} must be a mapping with a target, head, loss and metric, got {node!r}")
     check_keys(path, node.keys(), TASK_SETTINGS, "task setting")
+    node = typed_task_node(name, node)
     missing = [key for key in ("target", *TASK_COMPONENTS) if key not in node]
     if missing:
-        raise ConfigError(f"{path} lacks {', '.join(missing)}: every task needs a target, a head, a loss and a "
-                          "metric (see configs/task/*.yaml)")
+        raise ConfigError(f"{path} lacks {', '.join(missing)}: every task needs a target, and a type "
+                          f"({', '.join(TASK_TYPES)}) or a head, a loss and a metric (see configs/task/*.yaml)")
     check_types(path, node, {key: hint for key, hint in TASK_SETTINGS.items() if key not in TASK_COMPONENTS})
     for component in TASK_COMPONENTS:
         check_node(node[component], f"{path}.{component}", INJECTED.get(component, ()))

@@ -61,7 +61,7 @@ def test_the_known_keys_are_those_of_the_shipped_yamls(default_config: DictConfi
     ("task.denoise.metric.num_classes", 4, "task.denoise.metric.num_classes is not a setting of ReconstructionMetrics; "
                                            "valid keys: data_range"),
     ("task.rhythm.loss.delta", 5.0, "task.rhythm.loss.delta is not a setting of CrossEntropy; valid keys: "
-                                    "class_weights, label_smoothing; if a task set or experiment sets it for another "
+                                    "class_weights, label_smoothing, reduction; if a task set or experiment sets it for another "
                                     "option, remove it with ~task.rhythm.loss.delta"),
 ])
 def test_an_unknown_key_names_itself_and_the_valid_keys(default_config: DictConfig, key: str, value: object,

@@ -9,15 +9,19 @@ from omegaconf import DictConfig
 from torch import nn
 
 from mtl_train.backbones.cnn import hard_cnn
+from mtl_train.backbones.mlp import mlp
 from mtl_train.data.base import MultiTaskData, TensorSplit
 from mtl_train.errors import ConfigError
+from mtl_train.heads.binary import BinaryHead
 from mtl_train.heads.classification import ClassificationHead
+from mtl_train.losses.binary_cross_entropy import BinaryCrossEntropy
 from mtl_train.losses.cross_entropy import CrossEntropy
+from mtl_train.metrics.binary import BinaryMetrics, MultiLabelMetrics
 from mtl_train.metrics.classification import ClassificationMetrics
 from mtl_train.metrics.reconstruction import ReconstructionMetrics
 from mtl_train.metrics.regression import RegressionMetrics
 from mtl_train.model import MultiTaskModel
-from mtl_train.tasks import Task, build_tasks, check_tasks_fit, fit_problem
+from mtl_train.tasks import Task, build_tasks, check_tasks_fit, fit_problem, label_problem
 from mtl_train.utils.instantiate import instantiate
 
 TINY_ECG = ["debug=smoke", "dataset.num_train=4", "dataset.num_val=2", "dataset.num_test=2", "dataset.duration_s=4.0",
@@ -87,6 +91,14 @@ def test_a_head_or_loss_that_does_not_fit_is_one_message(overrides: list[str], m
 # --- on hand-made outputs and targets -----------------------------------------------------------------------
 
 
+def test_a_regression_head_with_too_few_values_per_sample_names_num_outputs() -> None:
+    """A vector target (N, 3) under the regression head's default num_outputs (1): (N,) predictions."""
+    problem = fit_problem(task(nn.MSELoss(), RegressionMetrics()), "RegressionHead", torch.randn(2),
+                          torch.randn(2, 3), largest_class=None)
+    assert problem == ("task.t.num_outputs: head RegressionHead outputs (N,), but the targets of task t are values "
+                       "(N, 3); set task.t.num_outputs=3")
+
+
 def task(loss: nn.Module, metric=None) -> Task:
     return Task("t", "y", loss, metric or ClassificationMetrics(num_classes=4))
 
@@ -134,3 +146,73 @@ def test_the_check_changes_no_state_of_the_model_or_the_random_generators() -> N
     assert model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert torch.equal(torch.get_rng_state(), rng)
+
+
+# --- 0/1 labels: binary and multi-label tasks ----------------------------------------------------------------
+
+
+def label_task(metric=None, task_type: str | None = None) -> Task:
+    return Task("t", "y", BinaryCrossEntropy(), metric or BinaryMetrics(), task_type=task_type)
+
+
+@pytest.mark.parametrize(("output", "target", "metric"), [
+    (torch.randn(2), torch.tensor([0, 1]), BinaryMetrics()),
+    (torch.randn(2), torch.tensor([0.0, 1.0]), BinaryMetrics()),
+    (torch.randn(2, 3), torch.tensor([[0, 1, 1], [1, 0, 0]]), MultiLabelMetrics(num_labels=3)),
+], ids=["binary int64", "binary float", "multilabel int64"])
+def test_integer_or_float_0_1_labels_fit_logits_of_their_shape(output: torch.Tensor, target: torch.Tensor,
+                                                               metric) -> None:
+    assert fit_problem(label_task(metric), "BinaryHead", output, target, largest_class=None) is None
+
+
+@pytest.mark.parametrize(("output", "target", "message"), [
+    (torch.randn(2, 2), torch.tensor([0, 1]),
+     "task.t.head=ClassificationHead does not fit task t: it outputs (N, 2), targets are 0/1 labels (N,), which need "
+     "logits (N,); use heads@task.t.head=binary"),
+    (torch.randn(2), torch.tensor([[0, 1, 1], [1, 0, 0]]),
+     "task.t.head=ClassificationHead does not fit task t: it outputs (N,), targets are 0/1 labels (N, 3), which need "
+     "logits (N, 3); use heads@task.t.head=binary with task.t.num_outputs=3"),
+    (torch.randn(2, 2), torch.tensor([[0, 1, 1], [1, 0, 0]]),
+     "task.t.num_outputs: head ClassificationHead outputs 2 logits per sample, but the targets of task t hold 3 "
+     "labels; set task.t.num_outputs=3"),
+], ids=["binary", "multilabel", "too few labels"])
+def test_a_head_that_does_not_give_one_logit_per_label_is_one_message(output: torch.Tensor, target: torch.Tensor,
+                                                                     message: str) -> None:
+    assert fit_problem(label_task(), "ClassificationHead", output, target, largest_class=None) == message
+
+
+def label_data(train: torch.Tensor, val: torch.Tensor, test: torch.Tensor) -> MultiTaskData:
+    """Four-feature inputs with target ``y`` of the given values per split."""
+    return MultiTaskData(*(TensorSplit(torch.randn(len(y), 4), {"y": y}) for y in (train, val, test)))
+
+
+def check_labels_fit(task: Task, data: MultiTaskData) -> None:
+    backbone = mlp(["t"], in_channels=4, input_size=[], hidden=[8])
+    check_tasks_fit(MultiTaskModel(backbone, {"t": BinaryHead(8, 0)}), [task], data)
+
+
+@pytest.mark.parametrize(("task", "data", "message"), [
+    (label_task(), label_data(torch.tensor([0, 3, 1]), torch.tensor([0, 1]), torch.tensor([1, 0])),
+     "task.t.loss=BinaryCrossEntropy needs 0/1 labels, but target 'y' holds 3 (in the train split); for class "
+     "indices use loss@task.t.loss=cross_entropy"),
+    (label_task(task_type="binary"), label_data(torch.tensor([0.0, 1.0]), torch.tensor([0.5, 1.0]),
+                                                torch.tensor([1.0, 0.0])),
+     "task.t.type=binary needs 0/1 labels (N,), but target 'y' holds 0.5 (in the val split); use type regression"),
+    (label_task(), label_data(torch.tensor([0, 1]), torch.tensor([0, 0, 0]), torch.tensor([1, 0])),
+     "task t (target 'y'): the val split holds no positive (1) label, so AUROC is undefined there; give every split "
+     "positives and negatives (more rows, or a stratified dataset.split)"),
+], ids=["bce on class indices", "binary type on probabilities", "val split without positives"])
+def test_0_1_targets_that_do_not_fit_are_one_message(task: Task, data: MultiTaskData, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        check_labels_fit(task, data)
+    assert str(error.value) == message
+
+
+def test_a_multilabel_split_needs_one_label_with_both_values() -> None:
+    """Label 0 has only positives in val, label 1 only negatives: no label has an AUROC there."""
+    labels = torch.tensor([[1, 0], [0, 1]])
+    task = Task("t", "y", BinaryCrossEntropy(), MultiLabelMetrics(num_labels=2))
+    problem = label_problem(task, {"train": labels, "val": torch.tensor([[1, 0], [1, 0]]), "test": labels})
+    assert problem.startswith("task t (target 'y'): the val split holds no label column with both a positive and a "
+                              "negative")
+    assert label_problem(task, {"train": labels, "val": torch.tensor([[1, 0], [0, 0]]), "test": labels}) is None

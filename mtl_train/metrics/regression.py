@@ -1,4 +1,4 @@
-"""Scalar regression metrics: MAE and RMSE."""
+"""Regression metrics: MAE and RMSE over every predicted value (one per sample, a vector per sample, or a map)."""
 
 from __future__ import annotations
 
@@ -11,22 +11,27 @@ from torch import Tensor
 from mtl_train.metrics.base import TaskMetric
 
 
-def _as_vector(values: Tensor, name: str) -> Tensor:
-    """``(B,)`` or ``(B, 1)`` as ``(B,)``; anything else is a ValueError (it would broadcast silently)."""
-    if values.ndim == 2 and values.shape[1] == 1:
-        return values[:, 0]
-    if values.ndim != 1:
-        raise ValueError(f"{name} must have shape (B,) or (B, 1), got {tuple(values.shape)}")
-    return values
+def _matched(prediction: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """``prediction`` and ``target`` of one shape ``(B, ...)``; ``(B, 1)`` against ``(B,)`` is read as ``(B,)``. Any
+    other difference is a ValueError (it would broadcast silently)."""
+    if prediction.ndim == 2 and prediction.shape[1] == 1 and target.ndim == 1:
+        prediction = prediction[:, 0]
+    if target.ndim == 2 and target.shape[1] == 1 and prediction.ndim == 1:
+        target = target[:, 0]
+    if prediction.shape != target.shape or prediction.ndim == 0:
+        raise ValueError(f"prediction and target must have the same shape (B, ...), got {tuple(prediction.shape)} "
+                         f"and {tuple(target.shape)}")
+    return prediction, target
 
 
 class RegressionMetrics(TaskMetric):
-    """Mean absolute error and root mean squared error of one scalar per sample.
+    """Mean absolute error and root mean squared error over every predicted value.
 
-    ``prediction``: ``(B,)`` or ``(B, 1)``; ``target``: ``(B,)`` (``(B, 1)`` is accepted too).
+    ``prediction`` and ``target``: the same shape, ``(B,)`` (one value per sample; ``(B, 1)`` is accepted for
+    either), ``(B, D)`` (a vector) or ``(B, C, *spatial)`` (a dense map).
 
-    * ``mae``: mean of ``|prediction - target|``.
-    * ``rmse``: square root of the mean of ``(prediction - target)**2``.
+    * ``mae``: mean of ``|prediction - target|`` over all elements.
+    * ``rmse``: square root of the mean of ``(prediction - target)**2`` over all elements.
     """
 
     higher_is_better: ClassVar[dict[str, bool]] = {"mae": False, "rmse": False}
@@ -36,21 +41,27 @@ class RegressionMetrics(TaskMetric):
         self.reset()
 
     def reset(self) -> None:
-        self._sums: Tensor | None = None  # float64 (2,): [sum of |error|, sum of error**2]
-        self._samples = 0
+        self._sums: Tensor | None = None  # float64 (3,): [sum of |error|, sum of error**2, elements counted]
 
     def update(self, prediction: Tensor, target: Tensor) -> None:
-        prediction = _as_vector(prediction, "prediction")
-        target = _as_vector(target, "target")
-        if prediction.shape != target.shape:
-            raise ValueError(f"prediction has {prediction.shape[0]} rows, target has {target.shape[0]}")
-        error = prediction.detach().double() - target.double()
-        batch = torch.stack([error.abs().sum(), error.square().sum()])
+        prediction, target = _matched(prediction, target)
+        self._add(prediction.detach().double() - target.double(), None)
+
+    def update_labelled(self, prediction: Tensor, target: Tensor, labelled: Tensor) -> None:
+        """Add the labelled elements only, element by element and without host reads."""
+        prediction, target = _matched(prediction, target)
+        labelled = labelled.reshape(target.shape)
+        error = prediction.detach().double() - torch.where(labelled, target, prediction.detach()).double()
+        self._add(error, labelled)
+
+    def _add(self, error: Tensor, labelled: Tensor | None) -> None:
+        count = torch.tensor(float(error.numel()), dtype=torch.float64, device=error.device) if labelled is None \
+            else labelled.sum(dtype=torch.float64)
+        batch = torch.stack([error.abs().sum(), error.square().sum(), count])
         self._sums = batch if self._sums is None else self._sums + batch
-        self._samples += error.shape[0]
 
     def compute(self) -> dict[str, float]:
-        if self._sums is None or self._samples == 0:
+        if self._sums is None or self._sums[2].item() == 0:
             raise ValueError("RegressionMetrics.compute() called before any update()")
-        absolute, squared = self._sums.tolist()
-        return {"mae": absolute / self._samples, "rmse": math.sqrt(squared / self._samples)}
+        absolute, squared, count = self._sums.tolist()
+        return {"mae": absolute / count, "rmse": math.sqrt(squared / count)}

@@ -186,10 +186,21 @@ def test_regression_errors() -> None:
     metric = RegressionMetrics()
     with pytest.raises(ValueError, match="before any update"):
         metric.compute()
-    with pytest.raises(ValueError, match=r"shape \(B,\) or \(B, 1\)"):
+    with pytest.raises(ValueError, match=r"the same shape \(B, ...\), got \(4, 2\) and \(4,\)"):
         metric.update(torch.zeros(4, 2), torch.zeros(4))
-    with pytest.raises(ValueError, match="4 rows, target has 3"):
+    with pytest.raises(ValueError, match=r"got \(4,\) and \(3,\)"):
         metric.update(torch.zeros(4), torch.zeros(3))
+
+
+def test_regression_of_vectors_and_maps_is_over_every_element() -> None:
+    # errors [[1, -1], [0, 2]] and a (1, 1, 2) map with errors [3, -3]: MAE (1 + 1 + 0 + 2) / 4 = 1, then the
+    # map alone (3 + 3) / 2 = 3; RMSE sqrt((1 + 1 + 0 + 4) / 4) = sqrt(1.5), sqrt(9) = 3
+    vectors = RegressionMetrics()
+    vectors.update(torch.tensor([[1.0, -1.0], [0.0, 2.0]]), torch.zeros(2, 2))
+    assert vectors.compute() == pytest.approx({"mae": 1.0, "rmse": math.sqrt(1.5)})
+    maps = RegressionMetrics()
+    maps.update(torch.tensor([[[3.0, -3.0]]]), torch.zeros(1, 1, 2))
+    assert maps.compute() == pytest.approx({"mae": 3.0, "rmse": 3.0})
 
 
 @pytest.mark.parametrize(
