@@ -193,3 +193,10 @@ def test_a_run_with_missing_labels_measures_the_labelled_rows_only(tmp_path) -> 
     assert (val_accuracy * 5) == pytest.approx(round(val_accuracy * 5))
     losses = (tmp_path / "run" / "losses.csv").read_text().splitlines()
     assert len(losses) == 5 and "nan" not in "".join(losses[1:]).lower()
+
+
+def test_regression_metric_masks_vector_targets_element_by_element() -> None:
+    """(N, 2) values with one missing element: errors 1, 0 and 3 on the labelled ones, MAE 4/3, RMSE sqrt(10/3)."""
+    metric = RegressionMetrics()
+    task(nn.L1Loss(), math.nan, metric).update_metric(torch.ones(2, 2), torch.tensor([[2.0, math.nan], [1.0, 4.0]]))
+    assert metric.compute() == {"mae": pytest.approx(4 / 3), "rmse": pytest.approx(math.sqrt(10 / 3))}
