@@ -6,9 +6,11 @@ by the OmegaConf resolver ``mtl_train_help`` that :func:`register_help_resolver`
 - ``${mtl_train_help:groups}``: every config group with its options (the default one marked), from every config
   folder of the search path: the package's, and a user's own added with ``--config-dir`` or ``hydra.searchpath``;
 - ``${mtl_train_help:keys}``: every key of ``configs/train.yaml`` and ``configs/trainer/default.yaml`` with its
-  default and the comment beside it in the YAML file.
+  default and the comment beside it in the YAML file;
+- ``${mtl_train_help:types}``: every task type (:data:`mtl_train.task_types.TASK_TYPES`) with the target it fits
+  and the head, loss and metric it builds.
 
-Both are wrapped to 80 columns.
+All are wrapped to 80 columns.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from pathlib import Path
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
+
+from mtl_train.task_types import TASK_TYPES
 
 WIDTH = 80
 NO_BREAK = "\u00a0"  # textwrap breaks lines at ASCII whitespace only
@@ -97,15 +101,25 @@ def keys_help(config_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def types_help() -> str:
+    """One entry per task type: the target it fits, and its head, loss and metric."""
+    return "\n".join(
+        entry(name, f"{kind.target_text()}: heads={kind.head}, loss={kind.loss}, "
+                    f"{kind.metric['_target_'].rsplit('.', 1)[-1]}".replace(" (", f"{NO_BREAK}("))
+        for name, kind in TASK_TYPES.items())
+
+
 def help_part(config_dir: Path, part: str, extra_dirs: Sequence[Path] = ()) -> str:
-    """``groups`` (with the options of ``extra_dirs`` too) or ``keys``, with ``$`` doubled: Hydra passes the help
-    text through ``string.Template``."""
+    """``groups`` (with the options of ``extra_dirs`` too), ``keys`` or ``types``, with ``$`` doubled: Hydra passes
+    the help text through ``string.Template``."""
     if part == "groups":
         text = groups_help(config_dir, extra_dirs)
     elif part == "keys":
         text = keys_help(config_dir)
+    elif part == "types":
+        text = types_help()
     else:
-        raise ValueError(f"mtl_train_help: unknown part {part!r}; use one of groups, keys")
+        raise ValueError(f"mtl_train_help: unknown part {part!r}; use one of groups, keys, types")
     return text.replace("$", "$$")
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mtl_train.help import commented_keys, entry, groups_help, help_part
+from mtl_train.help import commented_keys, entry, groups_help, help_part, types_help
+from mtl_train.task_types import TASK_TYPES
 
 
 def test_commented_keys_reads_defaults_and_comments_and_joins_continued_comments(tmp_path: Path) -> None:
@@ -60,3 +61,12 @@ def test_help_parts_double_the_dollar_for_hydras_template(tmp_path: Path) -> Non
         "  trainer.seed            the seed [default: 0]")
     with pytest.raises(ValueError, match="unknown part 'nope'; use one of groups, keys"):
         help_part(tmp_path, "nope")
+
+
+def test_help_lists_every_task_type_with_its_head_loss_and_metric() -> None:
+    text = types_help()
+    assert all(len(line) <= 80 for line in text.splitlines())
+    flat = " ".join(text.split())
+    for name, kind in TASK_TYPES.items():
+        assert f"{name} {kind.target_text()}: heads={kind.head}, loss={kind.loss}" in flat
+    assert "binary 0/1 labels (N,): heads=binary, loss=bce, BinaryMetrics" in flat
