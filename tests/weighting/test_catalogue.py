@@ -22,9 +22,12 @@ def build(name: str):
 
 
 GRADIENT_METHODS = [name for name in METHODS if isinstance(build(name), GradientWeighting)]
+# GradDrop draws one uniform per coordinate, so permuting the columns permutes its output only in distribution
+# (tests/weighting/test_methods_catalogue_a.py checks it with the draws permuted alike).
+COORDINATEWISE_RANDOM = {"graddrop"}
 
 
-@pytest.mark.parametrize("name", GRADIENT_METHODS)
+@pytest.mark.parametrize("name", [name for name in GRADIENT_METHODS if name not in COORDINATEWISE_RANDOM])
 def test_rule_is_invariant_to_how_rows_are_flattened(name: str) -> None:
     torch.manual_seed(0)
     grads = torch.randn(len(TASKS), 40)

@@ -43,10 +43,15 @@ WITH_MODES = GRADIENT_WEIGHTINGS - {"db_mtl", "gradnorm"}  # db_mtl and gradnorm
 CASES = [(name, mode) for name in WEIGHTINGS
          for mode in (("params", "rep") if name in WITH_MODES else (None,))]
 # Methods whose weight of a lone active task is 1, so the shared update is exactly that task's gradient.
-LONE_TASK_WEIGHT_ONE = {"aligned_mtl", "ew", "gls", "grad_norm_prop", "gradvac", "inverse_loss", "loss_ratio",
-                        "max_entropy", "mc_dropout", "mgda", "pcgrad", "performance", "rlw", "static", "upgrad"}
+LONE_TASK_WEIGHT_ONE = {"aligned_mtl", "con_fig", "dualproj", "ew", "gls", "grad_norm_prop", "graddrop", "gradvac",
+                        "inverse_loss", "loss_ratio", "max_entropy", "mc_dropout", "mgda", "pcgrad", "performance",
+                        "rgw", "rlw", "static", "upgrad"}
 # DB-MTL's update follows its EMA of past gradients: along task a's current gradient only at the first step.
 DIRECTION_AT_FIRST_STEP_ONLY = {"db_mtl"}
+# MoDo's and SDMGrad's update is, by default (sampling=three), the gradient on the last third of the batch (which
+# tests/weighting/test_methods_catalogue_c.py checks); here they run with sampling=two, whose update is the whole
+# batch's gradient, through the same handling of inactive tasks.
+WHOLE_BATCH_UPDATE = {"modo": "two", "sdmgrad": "two"}
 
 
 def build(name: str, mode: str | None) -> Weighting:
@@ -54,6 +59,8 @@ def build(name: str, mode: str | None) -> Weighting:
     config = OmegaConf.create({"seed": 0, "weighting": OmegaConf.load(CONFIG_DIR / "weighting" / f"{name}.yaml")})
     if mode is not None:
         config.weighting.mode = mode
+    if name in WHOLE_BATCH_UPDATE:
+        config.weighting.sampling = WHOLE_BATCH_UPDATE[name]
     return instantiate(config.weighting, "weighting", task_names=TASKS)
 
 
