@@ -4,6 +4,7 @@
     python scripts/bench.py --quick               # a smoke run, well under a minute
     python scripts/bench.py --tasks 4 --methods ew,mgda,pcgrad --setups lenet
     python scripts/bench.py --device cuda --amp bf16
+    python scripts/bench.py --tasks 2 --setups lenet --methods ew --threads 1   # the data paths, side by side
 
 Set-ups (classification heads only, random inputs and labels held in memory):
 
@@ -27,6 +28,14 @@ initial model and the same batch. Also timed, in the same interleaved loop:
 
 Each repetition runs a window of ``--steps`` steps of every entry (after ``--warmup`` steps each), rotating the
 order; a figure is the median over ``--repeats`` windows. Ratios are taken between medians of the same run.
+
+Then the two data paths (``mtl_train.engine.batches``), side by side: EW trained on ``--data-steps`` batches of
+uint8 inputs in a memory-mapped ``.npy`` file, standardised per channel, held in memory on the device
+(``trainer.data_on_device=true``) and streamed by ``--workers`` DataLoader workers that prefetch
+``--prefetch`` batches each (``trainer.data_on_device=false``). A window is one epoch from its start, through
+``Trainer._train_batches`` and ``Trainer.train_step``, so the stream also pays for filling its pipeline; the data
+share is the time spent waiting for the next batch over the window's time, the median over ``--repeats`` windows
+of each path, alternating. The file was just written, so it is read from the page cache, not from the disk.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -41,12 +51,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import numpy as np
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from mtl_train.cli import config_dir
-from mtl_train.data.base import MultiTaskData, TensorSplit
+from mtl_train.data.base import MultiTaskData, TensorSplit, mapped_tensor
 from mtl_train.engine.acceleration import accelerate
 from mtl_train.engine.device import resolve_amp, resolve_device
 from mtl_train.engine.outputs import NullRunWriter
@@ -58,6 +69,7 @@ from mtl_train.schedules.joint import JointSchedule
 from mtl_train.tasks import Task
 from mtl_train.utils.instantiate import instantiate
 from mtl_train.weighting.base import Weighting
+from mtl_train.weighting.ew import EqualWeighting
 from mtl_train.weighting.gradient_based import GradientWeighting
 from mtl_train.weighting.gradients import TrunkJacobian, representation_gradients, task_gradient_matrix
 from mtl_train.weighting.gradnorm import GradNorm
@@ -87,6 +99,7 @@ SETUPS = {
 # Targets (checked here, never in timed tests).
 EW_VS_HAND = 1.05
 DATA_SHARE = 0.03
+STREAMED_DATA_SHARE = 0.10
 LOSS_BASED_VS_EW = 1.05
 FAMO_VS_EW = 1.4
 REP_VS_EW = 1.25
@@ -111,11 +124,17 @@ def parse_args() -> argparse.Namespace:
                              "OpenMP threads competing for busy cores can slow every step 20-fold")
     parser.add_argument("--channels-last", action="store_true",
                         help="apply mtl_train.engine.acceleration.accelerate(channels_last=True) to the model")
+    parser.add_argument("--data-steps", type=int, default=20,
+                        help="batches per epoch of the data-path comparison (one timed window each); 0 skips it")
+    parser.add_argument("--workers", type=int, default=2, help="the streaming path's trainer.num_workers")
+    parser.add_argument("--prefetch", type=int, default=2, help="the streaming path's trainer.prefetch_factor")
     parser.add_argument("--quick", action="store_true",
-                        help="k = 2, MultiLeNet at batch 64, 2 windows of 2 steps: a smoke run of every entry")
+                        help="k = 2, MultiLeNet at batch 64, 2 windows of 2 steps (data paths: 4-step epochs): a "
+                             "smoke run of every entry")
     args = parser.parse_args()
     if args.quick:
         args.tasks, args.setups, args.batch_size, args.repeats, args.steps, args.warmup = "2", "lenet", 64, 2, 2, 1
+        args.data_steps = 4
     return args
 
 
@@ -146,6 +165,24 @@ def build_model(setup: Setup, tasks: list[str]) -> MultiTaskModel:
     return MultiTaskModel(backbone, heads)
 
 
+def mapped_image_data(setup: Setup, tasks: list[str], rows: int, folder: Path) -> MultiTaskData:
+    """``rows`` random uint8 inputs of the set-up's shape in a memory-mapped ``.npy`` file in ``folder``,
+    standardised per channel (mean 127.5, std 73.9: uniform bytes) with every batch, and random labels; val and
+    test are the first 8 rows."""
+    path = folder / "inputs.npy"
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(rows, *setup.input_shape))
+    out[:] = np.random.default_rng(0).integers(0, 256, size=out.shape, dtype=np.uint8)
+    out.flush()
+    del out
+    channels = setup.input_shape[0]
+    generator = torch.Generator().manual_seed(0)
+    split = TensorSplit(mapped_tensor(np.load(path, mmap_mode="r")),
+                        {t: torch.randint(0, setup.num_classes, (rows,), generator=generator) for t in tasks},
+                        mean=torch.full((channels,), 127.5), std=torch.full((channels,), 73.9))
+    few = split.select(torch.arange(8))
+    return MultiTaskData(train=split, val=few, test=few)
+
+
 def synthetic_data(setup: Setup, tasks: list[str], batch_size: int, batches: int = 4) -> MultiTaskData:
     n = batch_size * batches
     generator = torch.Generator().manual_seed(0)
@@ -171,12 +208,13 @@ class Bench:
         self.trainers: list[Trainer] = []
         self.batch: tuple[Tensor, dict[str, Tensor]] | None = None
 
-    def trainer(self, weighting: Weighting) -> Trainer:
+    def build_trainer(self, weighting: Weighting, data: MultiTaskData, settings: TrainerSettings) -> Trainer:
+        """A trainer of a fresh copy of the initial model, with Adam and no scheduler."""
         model = copy.deepcopy(self.template).to(self.device)
         weighting = weighting.to(self.device)
         optimizer = instantiate(self.optimizer_cfg, "optimizer")(
             [{"params": list(model.parameters())}, *weighting.optimizer_groups()])
-        trainer = Trainer(
+        return Trainer(
             model=model,
             tasks=[Task(t, t, CrossEntropy(), ClassificationMetrics(self.setup.num_classes)) for t in self.tasks],
             weighting=weighting,
@@ -184,14 +222,18 @@ class Bench:
             optimizer=optimizer,
             scheduler=instantiate(self.scheduler_cfg.build, "scheduler.build")(optimizer),
             scheduler_interval=self.scheduler_cfg.interval,
-            data=self.data,
+            data=data,
             device=self.device,
             amp_dtype=self.amp_dtype,
-            settings=TrainerSettings(batch_size=self.batch_size, progress="none", checkpoint=False),
+            settings=settings,
             writer=NullRunWriter(Path("."), self.tasks),
             config={},
             seed=0,
         )
+
+    def trainer(self, weighting: Weighting) -> Trainer:
+        trainer = self.build_trainer(weighting, self.data, TrainerSettings(batch_size=self.batch_size,
+                                                                           progress="none", checkpoint=False))
         if self.batch is None:  # the same batch for every entry
             inputs, targets, _ = next(trainer._train_batches())
             self.batch = (inputs, targets)
@@ -279,6 +321,65 @@ def measure(entries: dict[str, Callable[[], object]], args: argparse.Namespace, 
             synchronize(device)
             windows[name].append((time.perf_counter() - start) / args.steps * 1e3)
     return {name: statistics.median(times) for name, times in windows.items()}
+
+
+def data_window(trainer: Trainer, device: torch.device) -> tuple[float, float]:
+    """Train one epoch from its start; return ms per step and the share of the time spent waiting for batches."""
+    trainer.batch_in_epoch = 0
+    waited, steps = 0.0, 0
+    synchronize(device)
+    start = time.perf_counter()
+    batches = trainer._train_batches()
+    while True:
+        before = time.perf_counter()
+        batch = next(batches, None)
+        waited += time.perf_counter() - before
+        if batch is None:
+            break
+        trainer.train_step(*batch)
+        steps += 1
+    synchronize(device)
+    total = time.perf_counter() - start
+    return total / steps * 1e3, waited / total
+
+
+def data_paths(setup: Setup, k: int, args: argparse.Namespace) -> dict[str, tuple[float, float]]:
+    """Median ms per step and data share of EW on each data path (module docstring), after one warm-up epoch
+    each; the path measured first alternates."""
+    bench = Bench(setup, k, args)
+    common = {"batch_size": bench.batch_size, "progress": "none", "checkpoint": False}
+    with tempfile.TemporaryDirectory() as folder:
+        data = mapped_image_data(setup, bench.tasks, bench.batch_size * args.data_steps, Path(folder))
+        settings = {
+            f"in memory on {bench.device}": TrainerSettings(**common, data_on_device=True),
+            (f"streamed: {args.workers} workers x prefetch {args.prefetch}" if args.workers else
+             "streamed: gathered in the training process (0 workers)"): TrainerSettings(
+                **common, data_on_device=False, num_workers=args.workers, prefetch_factor=args.prefetch),
+        }
+        trainers = {name: bench.build_trainer(EqualWeighting(bench.tasks), data, path)
+                    for name, path in settings.items()}
+        names = list(trainers)
+        windows: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+        for name in names:
+            data_window(trainers[name], bench.device)
+        for repeat in range(args.repeats):
+            for name in names[repeat % 2:] + names[:repeat % 2]:
+                windows[name].append(data_window(trainers[name], bench.device))
+        for trainer in trainers.values():
+            trainer.close_loaders()
+    return {name: (statistics.median(ms for ms, _ in times), statistics.median(share for _, share in times))
+            for name, times in windows.items()}
+
+
+def report_data_paths(setup: Setup, k: int, paths: dict[str, tuple[float, float]]) -> list[str]:
+    """Print the data-path table; return the streamed path's PASS/MISS line."""
+    print("\n| data path (EW, uint8 memory map standardised per batch) | k | ms/step | waiting for data, ms/step "
+          "| data share of the step |\n|---|---|---|---|---|")
+    for name, (ms, share) in paths.items():
+        print(f"| {name} | {k} | {ms:.1f} | {ms * share:.2f} | {share:.1%} |")
+    name, (_, share) = list(paths.items())[-1]
+    return [f"{verdict(share < STREAMED_DATA_SHARE)} {setup.name}, k={k}: data share of the step, {name} = "
+            f"{share:.1%} (target < {STREAMED_DATA_SHARE:.0%})"]
 
 
 def run(setup: Setup, k: int, methods: list[str], args: argparse.Namespace
@@ -369,6 +470,8 @@ def main() -> None:
         for k in map(int, args.tasks.split(",")):
             rows, others, kinds = run(setup, k, methods, args)
             verdicts += report(setup, k, rows, others, kinds, device)
+            if args.data_steps:
+                verdicts += report_data_paths(setup, k, data_paths(setup, k, args))
     print("\n## Targets\n")
     for line in verdicts:
         print(line)

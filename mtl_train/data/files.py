@@ -33,8 +33,10 @@ arrays (its columns, and the stacked inputs) and goes the same way from there.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import difflib
 import gzip
+import math
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,13 +48,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mtl_train.data.base import MultiTaskData, TensorSplit
+from mtl_train.data.base import MultiTaskData, TensorSplit, mapped_tensor
 from mtl_train.data.sources import file_sources, log_sources
 from mtl_train.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 FRACTION_TOLERANCE = 1e-6
+CHUNK_ROWS = 4096  # rows read at a time to check and measure memory-mapped inputs
 FORMATS = ("an .npz file, a .pt file (a dict of tensors), a folder of .npy files or a table (.csv, .csv.gz, "
            ".parquet)")
 LISTED_COLUMNS = 20
@@ -465,9 +468,12 @@ def rows(array: np.ndarray, indices: Tensor | None) -> np.ndarray:
     return np.array(array if indices is None else array[indices.numpy()])
 
 
-def input_tensor(array: np.ndarray, where: str, add_channel_axis: bool) -> Tensor:
-    """Float32 inputs ``(N, C, *spatial)`` from ``array`` (module docstring); a non-numeric dtype or an unsupported
-    rank is a :class:`ConfigError`."""
+def input_split(array: np.ndarray, where: str, add_channel_axis: bool, indices: Tensor | None) -> TensorSplit:
+    """The inputs ``(N, C, *spatial)`` of the rows ``indices`` of ``array`` (all rows when None; module docstring),
+    as a split without targets: a memory map of the native byte order stays on disk (a tensor over the map, in the
+    file's dtype, whose rows the split names in ``input_rows``; batches are read and converted to float32 when
+    gathered, :class:`TensorSplit`); any other array is read into memory as float32. A non-numeric dtype or an
+    unsupported rank is a :class:`ConfigError`."""
     if array.dtype.kind not in "biuf":
         raise ConfigError(f"{where} has dtype {array.dtype}; inputs must be a numeric (integer or float) array")
     ranks = (2, 3) if add_channel_axis else (2, 3, 4)
@@ -475,18 +481,38 @@ def input_tensor(array: np.ndarray, where: str, add_channel_axis: bool) -> Tenso
         shapes = ("(N, L) or (N, H, W) with dataset.add_channel_axis=true" if add_channel_axis
                   else "(N, F), (N, C, L) or (N, C, H, W); for (N, H, W) images set dataset.add_channel_axis=true")
         raise ConfigError(f"{where} has shape {array.shape}; inputs must be {shapes}")
-    inputs = torch.from_numpy(array.astype(np.float32, copy=False))
-    return inputs.unsqueeze(1) if add_channel_axis else inputs
+    if on_disk(array):
+        inputs, input_rows = mapped_tensor(array), indices
+    else:
+        inputs, input_rows = torch.from_numpy(rows(array, indices).astype(np.float32, copy=False)), None
+    return TensorSplit(inputs.unsqueeze(1) if add_channel_axis else inputs, {}, input_rows)
 
 
-def check_finite(inputs: Tensor, where: str, split: str, indices: Tensor | None) -> None:
-    """A :class:`ConfigError` naming the count and the first file row (``indices`` maps the ``split``'s rows to file
-    rows; None: the same) of NaN or infinite ``inputs``."""
-    bad = ~torch.isfinite(inputs)
-    if bad.any():
-        first = int(bad.flatten(1).any(1).nonzero()[0])
+def on_disk(array: np.ndarray) -> bool:
+    """Whether ``array`` is a memory map that inputs can stay on (its rows read per batch): an ``.npy`` file of
+    the machine's byte order."""
+    return isinstance(array, np.memmap) and array.dtype.isnative
+
+
+def row_chunks(n_rows: int) -> list[Tensor]:
+    """``0 .. n_rows - 1`` in chunks of :data:`CHUNK_ROWS` rows."""
+    return list(torch.arange(n_rows).split(CHUNK_ROWS))
+
+
+def check_finite(split: TensorSplit, where: str, name: str, indices: Tensor | None) -> None:
+    """A :class:`ConfigError` naming the count and the first file row (``indices`` maps the split ``name``'s rows to
+    file rows; None: the same) of NaN or infinite inputs of ``split`` (read :data:`CHUNK_ROWS` rows at a time)."""
+    if not split.inputs.is_floating_point():
+        return
+    count, first = 0, None
+    for chunk in row_chunks(len(split)):
+        bad = ~torch.isfinite(split.batch(chunk)[0])
+        count += int(bad.sum())
+        if first is None and count:
+            first = int(chunk[bad.flatten(1).any(1)][0])
+    if count:
         row = first if indices is None else int(indices[first])
-        raise ConfigError(f"{where} holds NaN or infinite values ({int(bad.sum())} in the {split} split, the first "
+        raise ConfigError(f"{where} holds NaN or infinite values ({count} in the {name} split, the first "
                           f"in row {row}); remove or impute them before training")
 
 
@@ -503,17 +529,21 @@ def target_tensor(array: np.ndarray, where: str) -> Tensor:
 def channel_statistics(inputs: Tensor) -> tuple[Tensor, Tensor]:
     """Per-channel mean and population standard deviation of ``(N, C, *spatial)`` inputs (computed in float64); a
     constant channel gets standard deviation 1, so it is only shifted."""
-    dims = [0, *range(2, inputs.dim())]
-    values = inputs.double()
-    mean = values.mean(dim=dims)
-    std = values.std(dim=dims, correction=0)
+    return split_statistics(TensorSplit(inputs, {}))
+
+
+def split_statistics(split: TensorSplit) -> tuple[Tensor, Tensor]:
+    """:func:`channel_statistics` of a split's model inputs, read :data:`CHUNK_ROWS` rows at a time: the mean, then
+    the mean squared deviation from it, both summed in float64."""
+    dims = [0, *range(2, split.inputs.dim())]
+    chunks = row_chunks(len(split))
+    sums = sum(split.batch(chunk)[0].double().sum(dim=dims) for chunk in chunks)
+    count = len(split) * math.prod(split.inputs.shape[2:])
+    mean = sums / count
+    shape = (1, -1, *([1] * (split.inputs.dim() - 2)))
+    squares = sum(((split.batch(chunk)[0].double() - mean.view(shape)) ** 2).sum(dim=dims) for chunk in chunks)
+    std = (squares / count).sqrt()
     return mean.float(), torch.where(std > 0, std, 1.0).float()
-
-
-def normalized(inputs: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    """``(inputs - mean) / std`` per channel (axis 1)."""
-    shape = (1, -1, *([1] * (inputs.dim() - 2)))
-    return (inputs - mean.view(shape)) / std.view(shape)
 
 
 class FilesDataset:
@@ -608,7 +638,8 @@ class FilesDataset:
         else:
             parts = {name: self.read_split(file, name, None) for name, file in zip(SPLITS, opened)}
         limits = {"train": self.num_train, "val": self.num_train, "test": self.num_test}
-        parts = {name: part.head(limits[name]) for name, part in parts.items()}
+        parts = {name: part.select(torch.arange(min(limits[name] or len(part), len(part))))
+                 for name, part in parts.items()}
         self.check_consistent(parts)
         inputs = [self.inputs] if isinstance(self.inputs, str) else list(self.inputs)
         names = [*inputs, *self.targets.values(), *([self.split] if self.split else [])]
@@ -616,10 +647,14 @@ class FilesDataset:
         if input_columns is not None:
             sources["input_columns"] = input_columns
         if self.normalize:
-            mean, std = channel_statistics(parts["train"].inputs)
-            parts = {name: TensorSplit(normalized(part.inputs, mean, std), part.targets)
-                     for name, part in parts.items()}
+            mean, std = split_statistics(parts["train"])
+            parts = {name: dataclasses.replace(part, mean=mean, std=std) for name, part in parts.items()}
             sources["normalization"] = {"split": "train", "mean": mean.tolist(), "std": std.tolist()}
+        # Inputs read into memory are prepared once (converted and normalised); memory-mapped ones stay on disk and
+        # are prepared per batch as they are gathered (or once, when the trainer holds them on its device).
+        files = dict(zip(SPLITS, opened * 3 if self.path is not None else opened))
+        parts = {name: part if isinstance(files[name], ArrayFile) and on_disk(files[name].inputs(self.inputs, {}))
+                 else part.to("cpu") for name, part in parts.items()}
         log_sources(sources)
         return MultiTaskData(train=parts["train"], val=parts["val"], test=parts["test"], sources=sources)
 
@@ -668,8 +703,8 @@ class FilesDataset:
         where = f"dataset.inputs={self.inputs!r} in {source.path}"
         if n_rows == 0:
             raise ConfigError(f"{where} has no rows; {source.key} needs at least one row per split")
-        inputs = input_tensor(rows(array, indices), where, self.add_channel_axis)
-        check_finite(inputs, where, split, indices)
+        part = input_split(array, where, self.add_channel_axis, indices)
+        check_finite(part, where, split, indices)
         targets = {}
         for target, name in self.targets.items():
             key = f"dataset.targets.{target}"
@@ -679,7 +714,7 @@ class FilesDataset:
                 raise ConfigError(f"{where_target} has {row_count(values)} rows, {where} has {n_rows}; every "
                                   "target needs one row per input row")
             targets[target] = target_tensor(rows(values, indices), where_target)
-        return TensorSplit(inputs, targets)
+        return dataclasses.replace(part, targets=targets)
 
     def check_consistent(self, parts: dict[str, TensorSplit]) -> None:
         """Every split has rows, and the same input and target shapes (beyond the row axis) as the train split."""

@@ -1,4 +1,5 @@
-"""The training loop: plain PyTorch, batches cut from in-memory tensors on the training device.
+"""The training loop: plain PyTorch, batches cut from in-memory tensors on the training device, or streamed from
+the host when the data does not fit the device (:mod:`mtl_train.engine.batches`).
 
 The loop never branches on which weighting method runs: every method goes through
 :class:`~mtl_train.weighting.base.Weighting` (``backward`` then ``after_optimizer_step``).
@@ -7,6 +8,8 @@ The loop never branches on which weighting method runs: every method goes throug
 from __future__ import annotations
 
 import copy
+import dataclasses
+import logging
 import math
 import signal
 import time
@@ -19,6 +22,7 @@ import torch
 from torch import Tensor
 
 from mtl_train.data.base import MultiTaskData, TensorSplit
+from mtl_train.engine.batches import StreamingLoader, epoch_index_batches, eval_index_batches, place_data
 from mtl_train.engine.distributed import Distributed
 from mtl_train.engine.outputs import RunWriter
 from mtl_train.engine.progress import TrainingProgress
@@ -30,9 +34,12 @@ from mtl_train.tasks import Task
 from mtl_train.utils.seed import restore_rng_state, rng_state
 from mtl_train.weighting.base import StepContext, Weighting
 
+log = logging.getLogger(__name__)
+
 Metrics = dict[str, dict[str, float]]
 NONFINITE_POLICIES = ("abort", "skip")
 MODEL_SELECTIONS = ("final", "best_val")
+AUTO_OR_BOOL = ("auto", True, False)  # trainer.data_on_device, trainer.pin_memory
 # The training loop's position, saved in checkpoints so that a resumed run continues exactly.
 LOOP_STATE = ("step", "epoch", "batch_in_epoch", "epoch_generator_state", "epoch_loss_sum", "epoch_steps",
               "epoch_times", "skipped_steps", "evaluated_at", "final_val", "best", "selected", "selection_reference")
@@ -69,14 +76,27 @@ class TrainerSettings:
     checkpoint: bool = True
     nonfinite: str = "abort"
     model_selection: str = "final"
+    data_on_device: bool | str = "auto"
+    data_budget_mb: float = 2048
+    num_workers: int = 2
+    prefetch_factor: int = 2
+    pin_memory: bool | str = "auto"
 
     def __post_init__(self) -> None:
+        for key in ("data_on_device", "pin_memory"):
+            if getattr(self, key) not in AUTO_OR_BOOL:
+                raise ConfigError(f"trainer.{key} must be auto, true or false, got {getattr(self, key)!r}")
+        if not self.data_budget_mb >= 0:
+            raise ConfigError(f"trainer.data_budget_mb must be >= 0 (MiB), got {self.data_budget_mb}")
+        if self.num_workers < 0:
+            raise ConfigError(f"trainer.num_workers must be >= 0 (0: batches are gathered in the training process), "
+                              f"got {self.num_workers}")
         if self.model_selection not in MODEL_SELECTIONS:
             raise ConfigError(f"trainer.model_selection must be one of {', '.join(MODEL_SELECTIONS)}, "
                               f"got {self.model_selection!r}")
         if self.nonfinite not in NONFINITE_POLICIES:
             raise ConfigError(f"trainer.nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {self.nonfinite!r}")
-        for key in ("batch_size", "eval_batch_size", "max_epochs", "log_every"):
+        for key in ("batch_size", "eval_batch_size", "max_epochs", "log_every", "prefetch_factor"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"trainer.{key} must be >= 1, got {getattr(self, key)}")
         for key in ("max_steps", "eval_every"):
@@ -131,10 +151,18 @@ class Trainer:
         self.splits = {name: self._keep_targets(split, needed) for name, split in
                        (("train", data.train), ("val", data.val), ("test", data.test))}
         self.eval_sizes = {name: len(split) for name, split in self.splits.items()}
-        for name in ("val", "test"):  # each rank evaluates every world_size-th row; metric statistics are summed
-            rows = torch.arange(distributed.rank, len(self.splits[name]), distributed.world_size)
-            self.splits[name] = self.splits[name].subset(rows)
-        self.splits = {name: split.to(device) for name, split in self.splits.items()}
+        self.placement = place_data(settings.data_on_device, settings.data_budget_mb, self.splits.values(),
+                                    device)
+        if distributed.is_main:
+            log.info(f"data loading: {self.placement.reason}")
+        if distributed.enabled:  # each rank evaluates every world_size-th row; metric statistics are summed
+            for name in ("val", "test"):
+                rows = torch.arange(distributed.rank, len(self.splits[name]), distributed.world_size)
+                self.splits[name] = self.splits[name].select(rows)
+        self.pin_memory = device.type == "cuda" and settings.pin_memory in ("auto", True)
+        self.loaders: dict[str, StreamingLoader] = {}  # "train", "eval": created when first used, when streaming
+        if not self.placement.streaming:
+            self.splits = {name: split.to(device) for name, split in self.splits.items()}
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
         self.data_generator = torch.Generator().manual_seed(seed)
         self.epoch_generator_state = self.data_generator.get_state()
@@ -158,7 +186,7 @@ class Trainer:
 
     @staticmethod
     def _keep_targets(split: TensorSplit, names: list[str]) -> TensorSplit:
-        return TensorSplit(split.inputs, {n: split.targets[n] for n in names})
+        return dataclasses.replace(split, targets={n: split.targets[n] for n in names})
 
     @property
     def steps_per_epoch(self) -> int:
@@ -174,19 +202,49 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
+    def _loader(self, name: str) -> StreamingLoader:
+        """The streaming path's loader ``name`` ("train", or "eval" for val and test, so an evaluation in the middle
+        of an epoch leaves the training pass where it is), created on first use."""
+        if name not in self.loaders:
+            self.loaders[name] = StreamingLoader(self.splits, self.device, self.settings.num_workers,
+                                                 self.settings.prefetch_factor, self.pin_memory)
+        return self.loaders[name]
+
+    def close_loaders(self) -> None:
+        """Stop the streaming path's worker processes (a later pass starts them again)."""
+        for loader in self.loaders.values():
+            loader.close()
+        self.loaders.clear()
+
     def _train_batches(self) -> Iterator[tuple[Tensor, dict[str, Tensor], float]]:
         """The current epoch's remaining batches: a permutation drawn from the data generator at the epoch's start
         (drawn again from the saved state when a run resumes mid-epoch), from batch ``batch_in_epoch`` on; under
-        torchrun, this rank's rows of each global batch and its share (:meth:`Distributed.shard`)."""
+        torchrun, this rank's rows of each global batch and its share (:meth:`Distributed.shard`). Gathered on the
+        device, or by the streaming loader: the same rows either way."""
         split = self.splits["train"]
         if self.batch_in_epoch == 0:
             self.epoch_generator_state = self.data_generator.get_state()
         else:
             self.data_generator.set_state(self.epoch_generator_state)
-        order = torch.randperm(len(split), generator=self.data_generator).to(self.device)
-        for start in range(self.batch_in_epoch * self.settings.batch_size, len(split), self.settings.batch_size):
-            index, share = self.distributed.shard(order[start:start + self.settings.batch_size])
-            yield split.inputs[index], {name: t[index] for name, t in split.targets.items()}, share
+        order = torch.randperm(len(split), generator=self.data_generator)
+        if not self.placement.streaming:
+            for index, share in epoch_index_batches(order.to(self.device), self.settings.batch_size,
+                                                    self.batch_in_epoch, self.distributed):
+                yield *split.batch(index), share
+            return
+        plan = epoch_index_batches(order, self.settings.batch_size, self.batch_in_epoch, self.distributed)
+        batches = self._loader("train").batches("train", [index for index, _ in plan])
+        for (inputs, targets), (_, share) in zip(batches, plan):
+            yield inputs, targets, share
+
+    def _eval_batches(self, split_name: str) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
+        """The split's (this rank's) rows in order, in batches of ``eval_batch_size``."""
+        split, size = self.splits[split_name], self.settings.eval_batch_size
+        if self.placement.streaming:
+            yield from self._loader("eval").batches(split_name, eval_index_batches(len(split), size))
+            return
+        for start in range(0, len(split), size):
+            yield split.inputs[start:start + size], {name: t[start:start + size] for name, t in split.targets.items()}
 
     def task_losses(self, outputs: dict[str, Tensor], targets: dict[str, Tensor]) -> Tensor:
         """The ``(k,)`` task losses, computed in float32 outside autocast."""
@@ -349,13 +407,10 @@ class Trainer:
     def evaluate(self, split_name: str) -> Metrics:
         """Per-task metrics (plus the mean loss) of the model on a split."""
         self.model.eval()
-        split = self.splits[split_name]
         for task in self.tasks:
             task.metric.reset()
         loss_sums = torch.zeros(len(self.tasks), dtype=torch.float64, device=self.device)
-        for start in range(0, len(split), self.settings.eval_batch_size):
-            inputs = split.inputs[start:start + self.settings.eval_batch_size]
-            targets = {name: t[start:start + self.settings.eval_batch_size] for name, t in split.targets.items()}
+        for inputs, targets in self._eval_batches(split_name):
             with self._autocast():
                 outputs = self.model(inputs)
             loss_sums += self.task_losses(outputs, targets).double() * inputs.shape[0]
@@ -474,11 +529,19 @@ class Trainer:
     def fit(self) -> dict:
         """Train until ``max_steps`` or ``max_epochs`` (from where a resumed run left off); return the final
         val/test metrics and the best val ones. SIGINT/SIGTERM stop after the current step with a checkpoint.
+        The streaming path's workers are stopped when it returns or raises.
 
         Only complete epochs count (``epochs``, ``epoch_time_s``, :meth:`Weighting.after_epoch`, an epoch
         scheduler, the per-epoch evaluation): when ``max_steps`` stops the run mid-epoch, the epoch's position, data
         order and running loss sums stay in the loop state, so a run resumed with a larger ``max_steps`` finishes
         that epoch with the same permutation, as an uninterrupted run would."""
+        try:
+            return self._fit()
+        finally:
+            self.close_loaders()
+
+    def _fit(self) -> dict:
+        """:meth:`fit`'s loop and its result."""
         total = self.total_steps
         pending: list[tuple[int, Tensor, Tensor]] = []
         if self.selected is not None and self.resumed_from is not None and self.settings.checkpoint:
@@ -529,5 +592,7 @@ class Trainer:
             "epochs": self.epoch,
             "skipped_steps": self.skipped_steps,
             "epoch_time_s": self.epoch_times,
+            "data_loading": self.placement.summary(self.settings.num_workers, self.settings.prefetch_factor,
+                                                   self.pin_memory),
             **({"selected": self.selected} if self.selected is not None else {}),
         }

@@ -122,7 +122,8 @@ def test_npy_folder_is_memory_mapped_and_channel_axis_added(tmp_path: Path, monk
     assert set(mmap_modes) == {"r"}
     assert data.in_channels == 1 and data.spatial_size == (3, 4)
     perm = torch.randperm(5, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(data.train.inputs[:, 0], torch.from_numpy(images[perm[:3].numpy()]).float())
+    assert data.train.inputs.dtype == torch.uint8 and data.train.input_rows.tolist() == perm[:3].tolist()  # on disk
+    assert torch.equal(data.train.head(None).inputs[:, 0], torch.from_numpy(images[perm[:3].numpy()]).float())
     recorded = [record["path"] for record in data.sources["files"]]
     assert recorded == [str(folder / "images.npy"), str(folder / "labels.npy")]  # the files read, not unused.npy
 
