@@ -26,7 +26,8 @@ from mtl_train.train import train
 BACKBONES = sorted(p.stem for p in (CONFIG_DIR / "backbone").glob("*.yaml"))
 TASKS = sorted(p.stem for p in (CONFIG_DIR / "task").glob("*.yaml"))
 # (input dims, feature dims) of the backbones whose YAML has no `spatial_dims` key (which gives both); None: any input
-DIMS = {"transformer1d": (1, 1), "multi_lenet": (2, 0), "mlp": (None, 0), "mmoe_mlp": (None, 0), "torchvision": (2, 2)}
+DIMS = {"transformer1d": (1, 1), "multi_lenet": (2, 0), "mlp": (None, 0), "mmoe_mlp": (None, 0), "torchvision": (2, 2),
+        "cgc_mlp": (None, 0), "ple_mlp": (None, 0), "dselect_k_mlp": (None, 0)}
 PENALTIES = {"soft1d": "soft_l2", "soft2d": "soft_l2"}  # the backbone's extra losses.csv column
 # ResNet-18 (backbone=torchvision's default) takes ~16 s a smoke run on 2 CPU cores; test_torchvision_trunk.py runs it
 SMOKE_OVERRIDES = {"torchvision": ["backbone.model=squeezenet1_1"]}
