@@ -40,8 +40,9 @@ def grad_norm_proportional_weights(gram: Tensor, active: Tensor | None = None) -
 class GradNormProportional(GradientWeighting):
     """Weights proportional to the per-task gradient norms (see the module docstring)."""
 
-    def __init__(self, task_names: Sequence[str], mode: str = "params", jacobian: str = "auto") -> None:
-        super().__init__(task_names, mode=mode, jacobian=jacobian)
+    def __init__(self, task_names: Sequence[str], mode: str = "params", jacobian: str = "auto",
+                 weight_ema: float = 0.0) -> None:
+        super().__init__(task_names, mode=mode, jacobian=jacobian, weight_ema=weight_ema)
 
     def aggregate(self, grads: Tensor, losses: Tensor) -> Aggregation:
         weights = grad_norm_proportional_weights(gramian(grads), active_tasks(losses)).to(grads.dtype)

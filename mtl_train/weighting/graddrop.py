@@ -94,8 +94,8 @@ class GradDrop(GradientWeighting):
     """Gradient sign dropout at the shared representation or on the parameter gradients (module docstring)."""
 
     def __init__(self, task_names: Sequence[str], leak: float | Sequence[float] = 0.0, seed: int = 0,
-                 mode: str = "rep", jacobian: str = "auto") -> None:
-        super().__init__(task_names, mode=mode, jacobian=jacobian)
+                 mode: str = "rep", jacobian: str = "auto", weight_ema: float = 0.0) -> None:
+        super().__init__(task_names, mode=mode, jacobian=jacobian, weight_ema=weight_ema)
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ConfigError(f"weighting.seed must be an integer, got {seed!r}")
         self.seed = seed
@@ -126,8 +126,7 @@ class GradDrop(GradientWeighting):
         grads = gathered[:-1].view(self.num_tasks, -1, features)
         signs = (gathered[-1] * back_factor).view(-1, features)  # the gather divided every row by back_factor
         aggregation = graddrop(grads, self.draw(features, grads.device), self.leak, signs)
-        self.apply_direction(ctx, aggregation.direction[own] * (ctx.loss_scale * back_factor))
-        return aggregation.weights.detach()
+        return self.apply_aggregation(ctx, aggregation, gathered[:-1], losses, own, back_factor)
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}

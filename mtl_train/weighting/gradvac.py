@@ -102,8 +102,9 @@ class GradVac(GradientWeighting):
         eps: float = 1e-8,
         mode: str = "params",
         jacobian: str = "auto",
+        weight_ema: float = 0.0,
     ) -> None:
-        super().__init__(task_names, mode=mode, jacobian=jacobian)
+        super().__init__(task_names, mode=mode, jacobian=jacobian, weight_ema=weight_ema)
         if not 0 <= beta <= 1:
             raise ConfigError(f"weighting.beta must be in [0, 1], got {beta}")
         if ema_update not in EMA_UPDATES:

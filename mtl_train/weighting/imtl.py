@@ -99,9 +99,10 @@ class IMTL(GradientWeighting):
         loss_balance: bool = True,
         mode: str = "params",
         jacobian: str = "auto",
+        weight_ema: float = 0.0,
         lr: float | None = None,
     ) -> None:
-        super().__init__(task_names, mode=mode, jacobian=jacobian, lr=lr)
+        super().__init__(task_names, mode=mode, jacobian=jacobian, lr=lr, weight_ema=weight_ema)
         if not isinstance(loss_balance, bool):
             raise ConfigError(f"weighting.loss_balance must be true or false, got {loss_balance!r}")
         self.loss_balance = loss_balance

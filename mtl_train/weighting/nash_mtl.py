@@ -159,10 +159,15 @@ class NashMTL(GradientWeighting):
         tolerance: float = 1e-12,
         mode: str = "params",
         jacobian: str = "auto",
+        weight_ema: float = 0.0,
     ) -> None:
-        super().__init__(task_names, mode=mode, jacobian=jacobian)
+        super().__init__(task_names, mode=mode, jacobian=jacobian, weight_ema=weight_ema)
         if not (isinstance(update_weights_every, int) and update_weights_every >= 1):
             raise ConfigError(f"weighting.update_weights_every must be an integer >= 1, got {update_weights_every!r}")
+        if update_weights_every > 1 and weight_ema > 0:
+            raise ConfigError("weighting.weight_ema averages freshly computed weights, but with "
+                              f"weighting.update_weights_every={update_weights_every} Nash-MTL reuses its weights "
+                              "between updates; set weighting.weight_ema=0 or weighting.update_weights_every=1")
         if max_norm is not None and not max_norm >= 0:
             raise ConfigError(f"weighting.max_norm must be >= 0 (0 or null: no clipping), got {max_norm}")
         if not (isinstance(iterations, int) and iterations >= 1):

@@ -43,8 +43,8 @@ class RandomGradientWeighting(GradientWeighting):
     """Random simplex weights on the per-task gradients, redrawn every step (see the module docstring)."""
 
     def __init__(self, task_names: Sequence[str], distribution: str = "normal", seed: int = 0, mode: str = "params",
-                 jacobian: str = "auto") -> None:
-        super().__init__(task_names, mode=mode, jacobian=jacobian)
+                 jacobian: str = "auto", weight_ema: float = 0.0) -> None:
+        super().__init__(task_names, mode=mode, jacobian=jacobian, weight_ema=weight_ema)
         if distribution not in DISTRIBUTIONS:
             raise ConfigError(f"weighting.distribution must be 'normal' or 'dirichlet', got {distribution!r}")
         if not isinstance(seed, int) or isinstance(seed, bool):
@@ -69,7 +69,7 @@ class RandomGradientWeighting(GradientWeighting):
     def backward(self, losses: Tensor, ctx: StepContext) -> Tensor:
         """The heads get their own gradients; the shared part gets d = lambda @ G from one trunk backward of the
         lambda-weighted representation gradients (the engine's ``combine``)."""
-        weights = self.draw(losses.detach())
+        weights = self.smoothed_weights(self.draw(losses.detach()), active_tasks(losses))
         combined = unscale(self.task_gradients(losses, ctx, combine=weights.unsqueeze(0)), ctx.loss_scale)
         combined, own, back_factor = ctx.distributed.task_gradients(combined, per_sample=self.mode == "rep")
         self.apply_direction(ctx, combined[0, own] * (ctx.loss_scale * back_factor))

@@ -17,7 +17,7 @@ from mtl_train.weighting.gradient_based import Aggregation, GradientWeighting, u
 TASKS = ["a", "b", "c"]
 WEIGHTINGS = sorted(p.stem for p in (CONFIG_DIR / "weighting").glob("*.yaml") if "jacobian:" in p.read_text())
 CASES = [(name, mode) for name in WEIGHTINGS for mode in ("params", "rep")
-         if not (mode == "rep" and name in ("db_mtl", "gradnorm"))]  # no rep mode
+         if not (mode == "rep" and name in ("db_mtl", "excess_mtl", "gradnorm", "moco"))]  # no rep mode
 
 
 def tiny_model() -> MultiTaskModel:

@@ -28,7 +28,7 @@ from mtl_train.weighting.base import StepContext
 TASKS = ["a", "b", "c"]
 WEIGHTINGS = sorted(p.stem for p in (CONFIG_DIR / "weighting").glob("*.yaml") if "jacobian:" in p.read_text())
 CASES = [(name, mode) for name in WEIGHTINGS for mode in ("params", "rep")
-         if not (mode == "rep" and name in ("db_mtl", "gradnorm"))]  # no rep mode
+         if not (mode == "rep" and name in ("db_mtl", "excess_mtl", "gradnorm", "moco"))]  # no rep mode
 HOST_READS = {"item", "cpu", "tolist", "numpy"}
 CHECKPOINT_LOADING = {"set_extra_state", "_load_from_state_dict"}
 

@@ -39,7 +39,7 @@ ACTIVE, OFF = 0, 1  # task a trains alone while b is switched off
 OFF_STEPS = 3  # pretrain_then_joint, epochs=1.5, 2 steps per epoch
 WEIGHTINGS = sorted(p.stem for p in (CONFIG_DIR / "weighting").glob("*.yaml"))
 GRADIENT_WEIGHTINGS = {p.stem for p in (CONFIG_DIR / "weighting").glob("*.yaml") if "jacobian:" in p.read_text()}
-WITH_MODES = GRADIENT_WEIGHTINGS - {"db_mtl", "gradnorm"}  # db_mtl and gradnorm have no rep mode
+WITH_MODES = GRADIENT_WEIGHTINGS - {"db_mtl", "excess_mtl", "gradnorm", "moco"}  # these have no rep mode
 CASES = [(name, mode) for name in WEIGHTINGS
          for mode in (("params", "rep") if name in WITH_MODES else (None,))]
 # Methods whose weight of a lone active task is 1, so the shared update is exactly that task's gradient.
@@ -47,7 +47,7 @@ LONE_TASK_WEIGHT_ONE = {"aligned_mtl", "con_fig", "dualproj", "ew", "gls", "grad
                         "inverse_loss", "loss_ratio", "max_entropy", "mc_dropout", "mgda", "pcgrad", "performance",
                         "rgw", "rlw", "static", "upgrad"}
 # DB-MTL's update follows its EMA of past gradients: along task a's current gradient only at the first step.
-DIRECTION_AT_FIRST_STEP_ONLY = {"db_mtl"}
+DIRECTION_AT_FIRST_STEP_ONLY = {"db_mtl", "moco"}
 # MoDo's and SDMGrad's update is, by default (sampling=three), the gradient on the last third of the batch (which
 # tests/weighting/test_methods_catalogue_c.py checks); here they run with sampling=two, whose update is the whole
 # batch's gradient, through the same handling of inactive tasks.
