@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import CONFIG_DIR
 from omegaconf import OmegaConf
+from state_round_trip import assert_state_round_trip_resumes_exactly
 from tiny_trainer import tiny_model
 from torch import Tensor
 
@@ -389,18 +390,7 @@ def seeded_step(method: Weighting, seed: int) -> tuple[Tensor, Tensor]:
 
 @pytest.mark.parametrize("name", list(RESUMABLE))
 def test_state_round_trip_resumes_exactly(name: str, tmp_path: Path) -> None:
-    """Four steps in one go equal two steps, a save/load of the state into a fresh instance, and two more."""
-    straight = RESUMABLE[name]()
-    expected = [seeded_step(straight, seed) for seed in range(4)]
-    first = RESUMABLE[name]()
-    for seed in range(2):
-        seeded_step(first, seed)
-    torch.save(first.state_dict(), tmp_path / "state.pt")
-    resumed = RESUMABLE[name]()
-    resumed.load_state_dict(torch.load(tmp_path / "state.pt"))
-    for seed in (2, 3):
-        weights, update = seeded_step(resumed, seed)
-        assert torch.equal(weights, expected[seed][0]) and torch.equal(update, expected[seed][1])
+    expected = assert_state_round_trip_resumes_exactly(RESUMABLE[name], seeded_step, tmp_path)
     fresh = RESUMABLE[name]()
     if name != "fairgrad":  # the state mattered: a fresh instance steps differently
         assert not torch.equal(seeded_step(fresh, 2)[1], expected[2][1])

@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import CONFIG_DIR, compose_config
 from omegaconf import OmegaConf
+from state_round_trip import assert_state_round_trip_resumes_exactly
 from tiny_trainer import TASKS as TWO_TASKS
 from tiny_trainer import tiny_model, tiny_trainer
 from torch import Tensor, nn
@@ -605,18 +606,7 @@ def seeded_step(method: GradientWeighting, seed: int) -> tuple[Tensor, Tensor]:
 
 @pytest.mark.parametrize("name", list(RESUMABLE))
 def test_state_round_trip_resumes_exactly(name: str, tmp_path: Path) -> None:
-    """Four steps in one go equal two steps, a save/load of the state into a fresh instance, and two more."""
-    straight = RESUMABLE[name]()
-    expected = [seeded_step(straight, seed) for seed in range(4)]
-    first = RESUMABLE[name]()
-    for seed in range(2):
-        seeded_step(first, seed)
-    torch.save(first.state_dict(), tmp_path / "state.pt")
-    resumed = RESUMABLE[name]()
-    resumed.load_state_dict(torch.load(tmp_path / "state.pt"))
-    for seed in (2, 3):
-        weights, update = seeded_step(resumed, seed)
-        assert torch.equal(weights, expected[seed][0]) and torch.equal(update, expected[seed][1])
+    expected = assert_state_round_trip_resumes_exactly(RESUMABLE[name], seeded_step, tmp_path)
     assert not torch.equal(expected[2][0], expected[3][0])  # the steps differ, so the state mattered
 
 
