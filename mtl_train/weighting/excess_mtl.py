@@ -51,7 +51,7 @@ from torch import Tensor
 from mtl_train.errors import ConfigError
 from mtl_train.weighting.base import StepContext, active_tasks
 from mtl_train.weighting.gradient_based import Aggregation, GradientWeighting, weighted_sum
-from mtl_train.weighting.moco import softmax_over
+from mtl_train.weighting.solvers import softmax_over
 
 
 def excess_risks(squared_sums: Tensor, grads: Tensor, eps: float = 1e-7) -> Tensor:

@@ -45,18 +45,10 @@ from torch import Tensor
 from mtl_train.errors import ConfigError
 from mtl_train.weighting.base import active_tasks, share_over_active
 from mtl_train.weighting.gradient_based import Aggregation, GradientWeighting
-from mtl_train.weighting.modo import project_onto_simplex
-from mtl_train.weighting.solvers import gramian
+from mtl_train.weighting.solvers import gramian, project_onto_simplex, softmax_over
 
 LAMBDA_UPDATES = ("projection", "softmax")
 NORMALIZATIONS = ("none", "loss")
-
-
-def softmax_over(values: Tensor, active: Tensor) -> Tensor:
-    """softmax of the ``active`` entries of ``values`` (0 elsewhere; all 0 when none is active)."""
-    shift = torch.where(active, values, float("-inf")).amax()
-    shift = torch.where(torch.isfinite(shift), shift, 0.0)
-    return share_over_active(torch.exp(torch.where(active, values - shift, 0.0)), active)
 
 
 def weights_over(stored: Tensor, active: Tensor) -> Tensor:

@@ -40,26 +40,7 @@ from torch import Tensor
 
 from mtl_train.errors import ConfigError
 from mtl_train.weighting.gradient_based import SubBatchGradientWeighting
-
-
-def project_onto_simplex(values: Tensor, active: Tensor | None = None) -> Tensor:
-    """The Euclidean projection of the ``active`` entries of ``values`` (``(k,)``, default all) onto the simplex
-    {w >= 0, sum w = 1}, 0 for the other entries (all 0 when none is active).
-
-    Sort the active values decreasingly (u), take the largest rho with u_rho - (sum_{j <= rho} u_j - 1) / rho > 0,
-    and subtract theta = (sum_{j <= rho} u_j - 1) / rho, clipping at 0 (Held, Wolfe & Crowder 1974; Duchi et al.,
-    ICML 2008). The condition holds exactly for rho = 1..rho*, so rho* is the count of indices where it holds. No
-    host synchronisation.
-    """
-    if active is None:
-        active = torch.ones_like(values, dtype=torch.bool)
-    ordered, _ = torch.sort(torch.where(active, values, float("-inf")), descending=True)
-    ranks = torch.arange(1, values.shape[0] + 1, device=values.device, dtype=values.dtype)
-    counted = ranks <= active.sum()
-    thresholds = (torch.cumsum(torch.where(counted, ordered, 0.0), 0) - 1.0) / ranks
-    support = ((ordered > thresholds) & counted).sum()
-    theta = thresholds.gather(0, (support - 1).clamp_min(0).view(1))
-    return torch.where(active, (values - theta).clamp_min(0.0), 0.0)
+from mtl_train.weighting.solvers import project_onto_simplex
 
 
 def modo_weights(weights: Tensor, cross: Tensor, gamma: float, rho: float, active: Tensor | None = None) -> Tensor:

@@ -47,7 +47,7 @@ from torch import Tensor
 
 from mtl_train.errors import ConfigError
 from mtl_train.weighting.gradient_based import SubBatchGradientWeighting
-from mtl_train.weighting.modo import project_onto_simplex
+from mtl_train.weighting.solvers import project_onto_simplex
 
 
 def sdmgrad_weights(cross: Tensor, start: Tensor, lamda: float = 0.3, lr: float = 10.0, momentum: float = 0.5,

@@ -26,6 +26,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from mtl_train.weighting.base import share_over_active
+
 #: Task counts up to which constrained problems are solved by support enumeration (2^k small systems).
 ENUMERATION_MAX_TASKS = 8
 #: Step lengths tried by the interior-point line search: t_max * 2^-j for j < LINE_SEARCH_STEPS, and 0.
@@ -193,3 +195,30 @@ def min_norm_point(gram: Tensor, iterations: int = 15) -> Tensor:
         return best_feasible(candidates, ((candidates @ scaled) * candidates).sum(-1))
     return simplex_interior_point(lambda w: 0.5 * ((w @ scaled) * w).sum(-1), lambda w: (scaled @ w, scaled),
                                   k, gram, iterations)
+
+
+def project_onto_simplex(values: Tensor, active: Tensor | None = None) -> Tensor:
+    """The Euclidean projection of the ``active`` entries of ``values`` (``(k,)``, default all) onto the simplex
+    {w >= 0, sum w = 1}, 0 for the other entries (all 0 when none is active).
+
+    Sort the active values decreasingly (u), take the largest rho with u_rho - (sum_{j <= rho} u_j - 1) / rho > 0,
+    and subtract theta = (sum_{j <= rho} u_j - 1) / rho, clipping at 0 (Held, Wolfe & Crowder 1974; Duchi et al.,
+    ICML 2008). The condition holds exactly for rho = 1..rho*, so rho* is the count of indices where it holds. No
+    host synchronisation.
+    """
+    if active is None:
+        active = torch.ones_like(values, dtype=torch.bool)
+    ordered, _ = torch.sort(torch.where(active, values, float("-inf")), descending=True)
+    ranks = torch.arange(1, values.shape[0] + 1, device=values.device, dtype=values.dtype)
+    counted = ranks <= active.sum()
+    thresholds = (torch.cumsum(torch.where(counted, ordered, 0.0), 0) - 1.0) / ranks
+    support = ((ordered > thresholds) & counted).sum()
+    theta = thresholds.gather(0, (support - 1).clamp_min(0).view(1))
+    return torch.where(active, (values - theta).clamp_min(0.0), 0.0)
+
+
+def softmax_over(values: Tensor, active: Tensor) -> Tensor:
+    """softmax of the ``active`` entries of ``values`` (0 elsewhere; all 0 when none is active)."""
+    shift = torch.where(active, values, float("-inf")).amax()
+    shift = torch.where(torch.isfinite(shift), shift, 0.0)
+    return share_over_active(torch.exp(torch.where(active, values - shift, 0.0)), active)

@@ -33,10 +33,11 @@ from mtl_train.weighting.db_mtl import DBMTL, db_mtl_direction
 from mtl_train.weighting.gradient_based import Aggregation, GradientWeighting, weighted_sum
 from mtl_train.weighting.gradients import task_gradient_matrix
 from mtl_train.weighting.mgda import MGDA
-from mtl_train.weighting.modo import MoDo, modo_weights, project_onto_simplex
+from mtl_train.weighting.modo import MoDo, modo_weights
 from mtl_train.weighting.pcd import PCD, pcd_coefficients, pcd_weights
 from mtl_train.weighting.pcgrad import PCGrad
 from mtl_train.weighting.sdmgrad import SDMGrad, sdmgrad_weights
+from mtl_train.weighting.solvers import project_onto_simplex
 
 TASKS = ["a", "b", "c"]
 F64 = torch.float64
