@@ -34,8 +34,11 @@ def is_nan(value: float) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
-def labelled_mask(target: Tensor, missing_label: float) -> Tensor:
-    """A bool tensor of ``target``'s shape: True where the element holds a label (is not ``missing_label``)."""
+def labelled_mask(target: Tensor, missing_label: float | None) -> Tensor:
+    """A bool tensor of ``target``'s shape: True where the element holds a label (is not ``missing_label``; every
+    element when ``missing_label`` is None)."""
+    if missing_label is None:
+        return torch.ones_like(target, dtype=torch.bool)
     if is_nan(missing_label):
         return ~torch.isnan(target)
     return target != missing_label
@@ -94,8 +97,7 @@ def check_labels(tasks: list[Task], data: MultiTaskData) -> None:
                 raise ConfigError(
                     f"task.{task.name}.missing_label=nan, but target {task.target!r} holds integer class indices; "
                     f"mark missing class labels with an integer such as -1 (task.{task.name}.missing_label=-1)")
-            labelled = torch.ones_like(target, dtype=torch.bool) if task.missing_label is None \
-                else labelled_mask(target, task.missing_label)
+            labelled = labelled_mask(target, task.missing_label)
             if not target.is_floating_point():
                 negative = (target < 0) & labelled
                 if bool(negative.any()):

@@ -209,8 +209,7 @@ def target_mismatch(kind: TaskType, targets: dict[str, Tensor], missing_label: f
 def zero_one_mismatch(targets: dict[str, Tensor], missing_label: float | None) -> str | None:
     """The first labelled value of ``targets`` (by split) that is neither 0 nor 1, in words, or None."""
     for split, target in targets.items():
-        labelled = torch.ones_like(target, dtype=torch.bool) if missing_label is None \
-            else labelled_mask(target, missing_label)
+        labelled = labelled_mask(target, missing_label)
         outside = labelled & (target != 0) & (target != 1)
         if bool(outside.any()):
             return f"holds {target[outside][0].item():g} (in the {split} split)"

@@ -247,8 +247,7 @@ def label_problem(task: Task, targets: dict[str, Tensor]) -> str | None:
         target = targets[split]
         if target.numel() == 0:
             continue
-        labelled = torch.ones_like(target, dtype=torch.bool) if task.missing_label is None \
-            else labelled_mask(target, task.missing_label)
+        labelled = labelled_mask(target, task.missing_label)
         positives = ((target == 1) & labelled).reshape(len(target), -1).any(dim=0)
         negatives = ((target == 0) & labelled).reshape(len(target), -1).any(dim=0)
         if not bool((positives & negatives).any()):
