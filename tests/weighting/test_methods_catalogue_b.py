@@ -50,18 +50,35 @@ def without_row(matrix: Tensor, row: int) -> Tensor:
 
 # --------------------------------------------------------------------------------------------------------- MoCo
 
+LIBMTL_RATES = {"beta": 0.5, "beta_sigma": 0.5, "gamma_sigma": 0.5}  # beta 0.5, gamma 0.1, both / sqrt(t)
+
+
 def test_moco_paper_form_worked_example() -> None:
-    """Defaults (raw gradients, simplex projection, beta 0.5, gamma 0.1, rho 0), step 1 on J: Y = J / 2 and
+    """Paper form (raw gradients, simplex projection) at LibMTL's rates, step 1 on J: Y = J / 2 and
     lambda = Proj(1/3 - 0.1 * (G / 4) 1/3)."""
-    aggregation = MoCo(TASKS).aggregate(J, L)
+    aggregation = MoCo(TASKS, **LIBMTL_RATES).aggregate(J, L)
     assert close(aggregation.weights, [0.347222, 0.313889, 0.338889])
     assert close(aggregation.direction, [0.334722, 0.495833, -0.140278, -0.004167])
+
+
+def test_moco_defaults_are_the_authors_constant_rates() -> None:
+    """Defaults: beta 0.99 and gamma 0.1, not decayed. Step 1: Y = 0.99 J and lambda = Proj(1/3 - 0.1 * 0.99^2 G 1/3),
+    where no coordinate is clipped, so the projection only shifts every entry by the same amount to sum 1. Step 2
+    uses the same rates: Y = 0.01 * 0.99 J + 0.99 J2."""
+    method = MoCo(TASKS)
+    first = method.aggregate(J, L)
+    stepped = 1 / 3 - 0.1 * 0.99**2 * (J @ J.T).sum(dim=1) / 3
+    expected = stepped + (1 - stepped.sum()) / 3
+    assert (expected > 0).all() and close(first.weights, expected.tolist())
+    assert close(first.direction, (expected @ (0.99 * J)).tolist())
+    method.aggregate(J2, L2)
+    assert close(method.tracked, (0.01 * 0.99 * J + 0.99 * J2).tolist())
 
 
 def test_moco_libmtl_form_worked_example_over_two_steps() -> None:
     """normalization=loss, lambda_update=softmax: Y tracks L_i g_i / ||g_i||; at step 1 (Y was 0) the effective
     weights on J's rows are beta lambda_i L_i / ||g_i||; step 2 decays beta and gamma by 1/sqrt(2)."""
-    method = MoCo(TASKS, normalization="loss", lambda_update="softmax")
+    method = MoCo(TASKS, normalization="loss", lambda_update="softmax", **LIBMTL_RATES)
     first = method.aggregate(J, L)
     assert close(method.tracked / 0.5, [[0.653197, 0, 0.326599, -0.326599], [0.612372, 0.612372, -1.224745, 0],
                                         [-0.163299, 0.326599, 0, 0.163299]])
@@ -74,22 +91,22 @@ def test_moco_libmtl_form_worked_example_over_two_steps() -> None:
 
 
 def test_moco_aligned_and_conflicting_pairs_by_hand() -> None:
-    """Aligned g = (2, 0), (1, 0): Y = ((1, 0), (0.5, 0)), Y Y^T lambda = (0.75, 0.375), the stepped weights
+    """At LibMTL's rates (beta_1 = 0.5). Aligned g = (2, 0), (1, 0): Y = ((1, 0), (0.5, 0)), Y Y^T lambda = (0.75, 0.375), the stepped weights
     (0.425, 0.4625) are projected to (0.48125, 0.51875), d = (0.740625, 0). Opposite g = (1, 0), (-1, 0):
     Y Y^T (1/2, 1/2) = 0, lambda stays uniform, d = 0 (the min-norm point)."""
-    aligned = MoCo(TASKS[:2]).aggregate(torch.tensor([[2.0, 0.0], [1.0, 0.0]], dtype=F64), ONES[:2])
+    aligned = MoCo(TASKS[:2], **LIBMTL_RATES).aggregate(torch.tensor([[2.0, 0.0], [1.0, 0.0]], dtype=F64), ONES[:2])
     assert close(aligned.weights, [0.48125, 0.51875]) and close(aligned.direction, [0.740625, 0.0])
-    opposite = MoCo(TASKS[:2]).aggregate(torch.tensor([[1.0, 0.0], [-1.0, 0.0]], dtype=F64), ONES[:2])
+    opposite = MoCo(TASKS[:2], **LIBMTL_RATES).aggregate(torch.tensor([[1.0, 0.0], [-1.0, 0.0]], dtype=F64), ONES[:2])
     assert close(opposite.weights, [0.5, 0.5]) and close(opposite.direction, [0.0, 0.0])
 
 
 def test_moco_zero_row_and_a_single_task() -> None:
-    """A zero gradient (nonzero loss): its tracked row stays 0 and its Gram row is 0, so its weight grows but it adds
+    """At LibMTL's rates. A zero gradient (nonzero loss): its tracked row stays 0 and its Gram row is 0, so its weight grows but it adds
     nothing: g = (2, 0), 0 gives lambda = Proj(0.45, 0.5) = (0.475, 0.525), d = (0.475, 0). k = 1: lambda = 1 and d
     is the tracked gradient, 0.5 g, then 0.5 g + (0.5 / sqrt 2)(g' - 0.5 g)."""
-    zero = MoCo(TASKS[:2]).aggregate(torch.tensor([[2.0, 0.0], [0.0, 0.0]], dtype=F64), ONES[:2])
+    zero = MoCo(TASKS[:2], **LIBMTL_RATES).aggregate(torch.tensor([[2.0, 0.0], [0.0, 0.0]], dtype=F64), ONES[:2])
     assert close(zero.weights, [0.475, 0.525]) and close(zero.direction, [0.475, 0.0])
-    method = MoCo(["a"])
+    method = MoCo(["a"], **LIBMTL_RATES)
     g, g2 = J[:1], J2[:1]
     assert close(method.aggregate(g, ONES[:1]).direction, 0.5 * g[0])
     second = method.aggregate(g2, ONES[:1])
@@ -397,9 +414,10 @@ def test_state_round_trip_resumes_exactly(name: str, tmp_path: Path) -> None:
 
 
 def test_configs_follow_the_paper_by_default() -> None:
-    """The YAML defaults: MoCo's paper form, ExcessMTL's 3-epoch baseline, FairGrad alpha = 1, STCH mu = 1."""
+    """The YAML defaults: MoCo's paper form at the authors' constant rates, ExcessMTL's 3-epoch baseline, FairGrad alpha = 1, STCH mu = 1."""
     moco = OmegaConf.load(CONFIG_DIR / "weighting" / "moco.yaml")
     assert moco.lambda_update == "projection" and moco.normalization == "none" and "mode" not in moco
+    assert (moco.beta, moco.beta_sigma, moco.gamma, moco.gamma_sigma) == (0.99, 0.0, 0.1, 0.0)
     excess = OmegaConf.load(CONFIG_DIR / "weighting" / "excess_mtl.yaml")
     assert excess.warmup_epochs == 3 and excess.robust_step_size == 0.01 and "mode" not in excess
     fairgrad = OmegaConf.load(CONFIG_DIR / "weighting" / "fairgrad.yaml")
