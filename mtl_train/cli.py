@@ -13,10 +13,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from rich.console import Console
 
+from mtl_train.delta_m import load_baselines
 from mtl_train.engine.report import metrics_table
 from mtl_train.errors import ConfigError, UserError, exit_with
 from mtl_train.help import register_help_resolver
 from mtl_train.train import train
+from mtl_train.tuning import check_sweeper_installed, is_tuning, objective, register_search_space_resolver
 
 
 def config_dir() -> str:
@@ -31,6 +33,7 @@ def config_dir() -> str:
 
 
 register_help_resolver(config_dir())  # fills in the generated parts of `mtl-train --help`
+register_search_space_resolver()  # hydra.sweeper.params of experiment=tune
 
 
 def check_config_dir_argument(argv: list[str]) -> None:
@@ -47,18 +50,21 @@ def check_config_dir_argument(argv: list[str]) -> None:
 
 
 def main() -> None:
-    """The ``mtl-train`` console script: check ``--config-dir``, then let Hydra compose and run :func:`hydra_main`."""
+    """The ``mtl-train`` console script: check ``--config-dir`` and, for ``experiment=tune``, that the Optuna
+    sweeper is installed; then let Hydra compose and run :func:`hydra_main`."""
     try:
         check_config_dir_argument(sys.argv[1:])
+        check_sweeper_installed(sys.argv[1:])
     except ConfigError as error:
         exit_with(error)
     hydra_main()
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
-def hydra_main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> float | None:
     """Train one configuration; a :class:`UserError` becomes one message on stderr and its exit status (1, or
-    128 + signal number for an interrupted run)."""
+    128 + signal number for an interrupted run). A trial of Hydra's Optuna sweeper (``experiment=tune``) returns
+    the value it maximises (:func:`mtl_train.tuning.objective`); any other run returns None."""
     console = Console()
     try:
         summary = train(cfg)
@@ -69,6 +75,11 @@ def hydra_main(cfg: DictConfig) -> None:
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 reports
         console.print(metrics_table(summary))
         console.print(f"outputs: {summary['output_dir']}", highlight=False)
+    if not is_tuning():
+        return None
+    value, name = objective(summary, load_baselines(cfg.baselines) if cfg.baselines is not None else None)
+    console.print(f"tuning objective ({name}): {value:.6g}", highlight=False)
+    return value
 
 
 if __name__ == "__main__":

@@ -37,7 +37,8 @@ from mtl_train.utils.instantiate import check_node
 TOP_LEVEL_KEYS: dict[str, Any] = {"seed": int, "stl": bool, "baselines": str | None, "output_dir": str}
 """The plain top-level keys of ``configs/train.yaml`` and their types."""
 
-CONFIG_GROUPS = ("dataset", "backbone", "task", "weighting", "schedule", "optimizer", "scheduler", "trainer")
+CONFIG_GROUPS = ("dataset", "backbone", "task", "weighting", "schedule", "optimizer", "scheduler", "trainer",
+                 "diagnostics")
 """The config groups that own a top-level key (``hydra``, ``experiment`` and ``debug`` write into the others)."""
 
 COMPONENT_NODES = ("dataset", "backbone", "weighting", "schedule", "optimizer")

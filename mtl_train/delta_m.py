@@ -13,6 +13,9 @@ means better than single-task learning (LibMTL's "Δp ↑" sign; the CAGrad / Na
 A single-task run writes ``baselines.json``; ``baselines=PATH`` (that file, or a directory searched for such
 files, e.g. a sweep over seeds, whose values are averaged) makes every run add ``delta_m`` to its
 ``summary.json``.
+
+Tuning (``experiment=tune``) selects on validation, never on test: :func:`delta_m` with ``split="val"`` compares the
+run's validation metrics with the single-task models' validation metrics, which ``baselines.json`` also records.
 """
 
 from __future__ import annotations
@@ -32,6 +35,12 @@ def test_metrics(summary: dict) -> dict[str, dict[str, float]]:
     return summary["selected"]["test"] if "selected" in summary else summary["final"]["test"]
 
 
+def val_metrics(summary: dict) -> dict[str, dict[str, float]] | None:
+    """A run's validation metrics of the model :func:`test_metrics` reports; None when the summary lacks them (a
+    single-task summary with ``trainer.model_selection=best_val`` written before they were recorded)."""
+    return summary["selected"].get("val") if "selected" in summary else summary["final"]["val"]
+
+
 def relative_change(value: float, baseline: float, higher_is_better: bool) -> float | None:
     """``±100 · (value − baseline) / |baseline|``, signed so that an improvement is positive; None when the
     baseline is 0 (the relative change is undefined)."""
@@ -41,18 +50,24 @@ def relative_change(value: float, baseline: float, higher_is_better: bool) -> fl
     return change if higher_is_better else -change
 
 
-def delta_m(summary: dict, baselines: dict) -> dict:
-    """Δm of a run's ``summary`` (its final test metrics) against ``baselines`` (:func:`load_baselines`).
+def delta_m(summary: dict, baselines: dict, split: str = "test") -> dict:
+    """Δm of a run's ``summary`` (its reported ``split`` metrics: "test", or "val" for tuning) against ``baselines``
+    (:func:`load_baselines`; their metrics on the same split).
 
     Returns ``{"value", "per_task", "metrics"}``: the mean, each task's signed relative change (None where the
     baseline is 0) and the metric used per task. ``value`` is None when no task has a usable baseline.
     """
     require_tasks(baselines, summary["tasks"])
+    if split == "val" and baselines.get("val") is None:
+        raise ConfigError(f"baselines {baselines['files']} hold no validation metrics, which tuning compares on; "
+                          "write them again with `mtl-train stl=true` (trainer.model_selection=final)")
+    measured = test_metrics(summary) if split == "test" else val_metrics(summary)
+    reference = baselines["tasks"] if split == "test" else baselines["val"]
     per_task, metrics = {}, {}
     for task in summary["tasks"]:
         metric = summary["primary_metric"][task]
         metrics[task] = metric
-        per_task[task] = relative_change(test_metrics(summary)[task][metric], baselines["tasks"][task][metric],
+        per_task[task] = relative_change(measured[task][metric], reference[task][metric],
                                          summary["higher_is_better"][task][metric])
     usable = [v for v in per_task.values() if v is not None]
     return {"value": statistics.fmean(usable) if usable else None, "per_task": per_task, "metrics": metrics}
@@ -69,16 +84,19 @@ def require_tasks(baselines: dict, tasks: list[str]) -> None:
 
 
 def write_baselines(output_dir: Path, summary: dict) -> Path:
-    """Write the single-task test metrics of ``summary`` (an ``stl=true`` run) to ``output_dir/baselines.json``."""
+    """Write the single-task test metrics of ``summary`` (an ``stl=true`` run) to ``output_dir/baselines.json``, and
+    its validation metrics under ``val`` when the summary has them (:func:`val_metrics`)."""
     path = Path(output_dir) / BASELINES_FILE
-    write_json(path, {"tasks": test_metrics(summary), "seed": summary["seed"],
-                      "config_digest": summary["config_digest"]})
+    val = val_metrics(summary)
+    write_json(path, {"tasks": test_metrics(summary), **({"val": val} if val is not None else {}),
+                      "seed": summary["seed"], "config_digest": summary["config_digest"]})
     return path
 
 
 def load_baselines(path: str | Path) -> dict:
-    """``{"tasks": {task: {metric: value}}, "files": [...]}`` from a ``baselines.json`` or every one under a
-    directory (each metric averaged over the files that have it)."""
+    """``{"tasks": {task: {metric: value}}, "val": {...} or None, "files": [...]}`` from a ``baselines.json`` or
+    every one under a directory (each metric averaged over the files that have it; ``val``, the validation
+    metrics, only when every file has them)."""
     path = Path(path)
     files = [path] if path.is_file() else sorted(path.rglob(BASELINES_FILE)) if path.is_dir() else []
     if not files:
@@ -86,15 +104,21 @@ def load_baselines(path: str | Path) -> dict:
             f"baselines={path} is not a {BASELINES_FILE} file or a directory holding one; write them first with "
             f"`mtl-train stl=true hydra.run.dir=<dir>` and pass baselines=<dir>"
         )
-    samples: dict[str, dict[str, list[float]]] = {}
+    samples: dict[str, dict[str, dict[str, list[float]]]] = {"tasks": {}, "val": {}}
+    with_val = 0
     for file in files:
         try:
-            tasks = json.loads(file.read_text())["tasks"]
+            content = json.loads(file.read_text())
+            sections = {"tasks": content["tasks"], **({"val": content["val"]} if "val" in content else {})}
         except (OSError, ValueError, KeyError) as error:
             raise ConfigError(f"baselines file {file} is unreadable ({error!r}); delete it and rerun `mtl-train stl=true`") from None
-        for task, metrics in tasks.items():
-            for name, value in metrics.items():
-                samples.setdefault(task, {}).setdefault(name, []).append(value)
-    averaged = {task: {name: statistics.fmean(values) for name, values in metrics.items()}
-                for task, metrics in samples.items()}
-    return {"tasks": averaged, "files": [str(f) for f in files]}
+        with_val += "val" in sections
+        for section, tasks in sections.items():
+            for task, metrics in tasks.items():
+                for name, value in metrics.items():
+                    samples[section].setdefault(task, {}).setdefault(name, []).append(value)
+    averaged = {section: {task: {name: statistics.fmean(values) for name, values in metrics.items()}
+                          for task, metrics in tasks.items()}
+                for section, tasks in samples.items()}
+    return {"tasks": averaged["tasks"], "val": averaged["val"] if with_val == len(files) else None,
+            "files": [str(f) for f in files]}

@@ -4,7 +4,8 @@ Hydra calls a callback's ``on_job_end`` in the process that ran the job, and ``o
 process that launched the sweep, after every job succeeded. ``on_job_end`` appends one JSON line per finished job
 (completed or failed) to ``<sweep dir>/summary.jsonl``, so the file fills with any launcher, also one that runs the
 jobs in parallel processes: each line is written in one call under an exclusive lock on the file.
-``on_multirun_end`` prints the comparison table and writes ``comparison.csv`` / ``comparison.md`` and the plots.
+``on_multirun_end`` prints the comparison table and writes ``comparison.csv`` / ``comparison.md``, the plots and
+``report.html`` (all of them in one self-contained page).
 When a job failed, Hydra skips ``on_multirun_end``; ``mtl-train-report <sweep dir>`` rebuilds the table then.
 """
 
@@ -64,4 +65,4 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        report([sweep_dir], sweep_dir)
+        report([sweep_dir], sweep_dir, html=True)

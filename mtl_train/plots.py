@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
 from matplotlib.figure import Figure  # noqa: E402
 
+from mtl_train.diagnostics.plots import plot_diagnostics  # noqa: E402
 from mtl_train.engine.outputs import read_step_csv  # noqa: E402
 
 LINE_STYLES = ("-", "--", ":", "-.")
@@ -51,10 +52,11 @@ def save_figure(fig: Figure, png_path: Path) -> None:
     plt.close(fig)
 
 
-def plot_run(output_dir: Path) -> list[Path]:
-    """Write ``weights.png`` and ``losses.png`` into ``output_dir``; return their paths."""
+def plot_run(output_dir: Path, diagnostics: bool = False) -> list[Path]:
+    """Write ``weights.png`` and ``losses.png`` into ``output_dir`` (and, with ``diagnostics``, the plots of
+    :func:`~mtl_train.diagnostics.plots.plot_diagnostics`); return their paths."""
     output_dir = Path(output_dir)
     weights_png, losses_png = output_dir / "weights.png", output_dir / "losses.png"
     save_figure(step_figure(output_dir / "weights.csv", "task weight"), weights_png)
     save_figure(step_figure(output_dir / "losses.csv", "training loss", log_scale=True), losses_png)
-    return [weights_png, losses_png]
+    return [weights_png, losses_png, *(plot_diagnostics(output_dir) if diagnostics else [])]

@@ -18,6 +18,9 @@ from mtl_train.engine.outputs import NullRunWriter, RunWriter, WallClock
 from mtl_train.engine.signals import SetupSignals
 from mtl_train.engine.trainer import Trainer, TrainerSettings
 from mtl_train.config_checks import TRAINER_RUN_KEYS, check_config
+from mtl_train.diagnostics.gradients import diagnostics_settings
+from mtl_train.diagnostics.sampling import diagnostics_headers
+from mtl_train.diagnostics.summary import diagnostics_summary
 from mtl_train.delta_m import delta_m, load_baselines, require_tasks, test_metrics, write_baselines
 from mtl_train.errors import ConfigError
 from mtl_train.model import MultiTaskModel
@@ -136,6 +139,7 @@ def train_model(cfg: DictConfig, distributed: Distributed = Distributed(), devic
         device = resolve_device(device_name or cfg.trainer.device)
         amp_dtype = resolve_amp(cfg.trainer.amp, device)
         settings = trainer_settings(cfg)
+        diagnostics = diagnostics_settings(cfg.get("diagnostics"))
 
         data = instantiate(cfg.dataset, "dataset").build()
         tasks = build_tasks(cfg.task, data.target_names)
@@ -163,12 +167,12 @@ def train_model(cfg: DictConfig, distributed: Distributed = Distributed(), devic
         if distributed.is_main:
             writer = RunWriter(output_dir, task_names, penalty_names, tensorboard=cfg.trainer.tensorboard,
                                resume_from=(checkpoint["run_dir"], checkpoint["loop"]["step"]) if checkpoint else None,
-                               clock=clock)
+                               clock=clock, step_files=diagnostics_headers(diagnostics, task_names))
         else:
             writer = NullRunWriter(output_dir, task_names, penalty_names)
         trainer = Trainer(
             model, tasks, weighting, schedule, optimizer, scheduler, cfg.scheduler.interval, data, device, amp_dtype,
-            settings, writer, config, cfg.seed, distributed,
+            settings, writer, config, cfg.seed, distributed, diagnostics,
         )
         if checkpoint:
             trainer.load_checkpoint_state(checkpoint)
@@ -195,11 +199,13 @@ def train_model(cfg: DictConfig, distributed: Distributed = Distributed(), devic
         "data_sources": data.sources,
         "output_dir": str(output_dir),
     }
+    if diagnostics.enabled and distributed.is_main:
+        summary["diagnostics"] = diagnostics_summary(output_dir, diagnostics)
     if baselines is not None:
         summary["delta_m"] = {**delta_m(summary, baselines), "baselines": baselines["files"]}
     writer.write_summary(summary)
     if cfg.trainer.plots and distributed.is_main:
-        plot_run(output_dir)
+        plot_run(output_dir, diagnostics=diagnostics.enabled)
     return summary
 
 
@@ -232,6 +238,7 @@ def train_single_task_baselines(cfg: DictConfig, distributed: Distributed, devic
         "stl": True,
         "final": {split: {task: run["final"][split][task] for task, run in runs.items()} for split in ("val", "test")},
         **({"selected": {"test": {task: test_metrics(run)[task] for task, run in runs.items()},
+                         "val": {task: run["selected"]["val"][task] for task, run in runs.items()},
                          "step": {task: run["selected"]["step"] for task, run in runs.items()}}}
            if cfg.trainer.model_selection == "best_val" else {}),
         "best": {task: run["best"][task] for task, run in runs.items()},

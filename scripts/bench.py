@@ -5,6 +5,7 @@
     python scripts/bench.py --tasks 4 --methods ew,mgda,pcgrad --setups lenet
     python scripts/bench.py --device cuda --amp bf16
     python scripts/bench.py --tasks 2 --setups lenet --methods ew --threads 1   # the data paths, side by side
+    python scripts/bench.py --diagnostics --tasks 4 --threads 1   # the cost of diagnostics=... (only that)
 
 Set-ups (classification heads only, random inputs and labels held in memory):
 
@@ -36,6 +37,11 @@ uint8 inputs in a memory-mapped ``.npy`` file, standardised per channel, held in
 ``Trainer._train_batches`` and ``Trainer.train_step``, so the stream also pays for filling its pipeline; the data
 share is the time spent waiting for the next batch over the window's time, the median over ``--repeats`` windows
 of each path, alternating. The file was just written, so it is read from the page cache, not from the disk.
+
+``--diagnostics`` times the per-run diagnostics (:mod:`mtl_train.diagnostics`) instead, in their worst case, every
+step: EW (G computed by extra backwards) and PCGrad in each mode (G reused when the mode equals ``wrt``), each with
+diagnostics off, the gradient statistics w.r.t. z (``rep``) and the shared parameters (``params``), and the
+affinity (k lookahead forwards), with the ratio of each to the same method with diagnostics off.
 """
 
 from __future__ import annotations
@@ -58,6 +64,8 @@ from torch import Tensor, nn
 
 from mtl_train.cli import config_dir
 from mtl_train.data.base import MultiTaskData, TensorSplit, mapped_tensor
+from mtl_train.diagnostics.gradients import DiagnosticsSettings
+from mtl_train.diagnostics.sampling import DiagnosticsSampler
 from mtl_train.engine.acceleration import accelerate
 from mtl_train.engine.device import resolve_amp, resolve_device
 from mtl_train.engine.outputs import NullRunWriter
@@ -106,6 +114,11 @@ REP_VS_EW = 1.25
 BATCHED_VS_LOOP = 0.6
 # Not loss-based in the sense of the target: they take per-task gradients, or extra head passes (mc_dropout).
 NOT_LOSS_BASED = {"famo", "gradnorm", "mc_dropout"}
+#: ``--diagnostics``: the methods (and modes) timed, and the diagnostics each runs with (every step).
+DIAGNOSED_METHODS = (("ew", "-"), ("pcgrad", "rep"), ("pcgrad", "params"))
+DIAGNOSTICS = {"off": None, "gradients rep": DiagnosticsSettings(every=1, wrt="rep"),
+               "gradients params": DiagnosticsSettings(every=1, wrt="params"),
+               "affinity": DiagnosticsSettings(affinity_every=1)}
 
 
 def parse_args() -> argparse.Namespace:
@@ -128,6 +141,8 @@ def parse_args() -> argparse.Namespace:
                         help="batches per epoch of the data-path comparison (one timed window each); 0 skips it")
     parser.add_argument("--workers", type=int, default=2, help="the streaming path's trainer.num_workers")
     parser.add_argument("--prefetch", type=int, default=2, help="the streaming path's trainer.prefetch_factor")
+    parser.add_argument("--diagnostics", action="store_true",
+                        help="time the per-run diagnostics (every step) against none, for EW and PCGrad, instead")
     parser.add_argument("--quick", action="store_true",
                         help="k = 2, MultiLeNet at batch 64, 2 windows of 2 steps (data paths: 4-step epochs): a "
                              "smoke run of every entry")
@@ -243,6 +258,22 @@ class Bench:
     def train_step(self, weighting: Weighting) -> Callable[[], object]:
         trainer = self.trainer(weighting)
         return lambda: trainer.train_step(*self.batch)
+
+    def diagnosed_step(self, weighting: Weighting, settings: DiagnosticsSettings | None) -> Callable[[], object]:
+        """A training step with the diagnostics ``settings`` (None: off); the buffered rows are dropped after each
+        step, as the trainer's flush would write them."""
+        trainer = self.trainer(weighting)
+        if settings is None:
+            return lambda: trainer.train_step(*self.batch)
+        trainer.diagnostics = DiagnosticsSampler(settings, trainer.model)
+
+        def step() -> object:
+            result = trainer.train_step(*self.batch)
+            for rows in trainer.diagnostics.rows.values():
+                rows.clear()
+            return result
+
+        return step
 
     def data_step(self) -> Callable[[], object]:
         """Cut the next batch from the training split (a new epoch's permutation when one ends)."""
@@ -400,6 +431,22 @@ def run(setup: Setup, k: int, methods: list[str], args: argparse.Namespace
     return rows, {name: times[name] for name in others}, kinds
 
 
+def diagnostics_costs(setup: Setup, k: int, args: argparse.Namespace) -> None:
+    """Time and print :data:`DIAGNOSED_METHODS` under each of :data:`DIAGNOSTICS`, with the ratios to off."""
+    bench = Bench(setup, k, args)
+    entries = {}
+    for name, mode in DIAGNOSED_METHODS:
+        cfg = compose_weighting(name)
+        for label, settings in DIAGNOSTICS.items():
+            weighting = instantiate(cfg, "weighting", task_names=bench.tasks, **({} if mode == "-" else {"mode": mode}))
+            entries[(name, mode, label)] = bench.diagnosed_step(weighting, settings)
+    times = measure({f"{name} [{mode}] {label}": fn for (name, mode, label), fn in entries.items()}, args, bench.device)
+    print("\n| method | k | mode | diagnostics (every step) | ms/step | ratio to off |\n|---|---|---|---|---|---|")
+    for name, mode, label in entries:
+        ms, off = times[f"{name} [{mode}] {label}"], times[f"{name} [{mode}] off"]
+        print(f"| {name} | {k} | {mode} | {label} | {ms:.1f} | {ms / off:.2f} |")
+
+
 def verdict(passed: bool) -> str:
     return "PASS" if passed else "MISS"
 
@@ -468,6 +515,9 @@ def main() -> None:
         setup = SETUPS[setup_name]
         print(f"\n## {setup.title}, batch {args.batch_size or setup.batch_size}")
         for k in map(int, args.tasks.split(",")):
+            if args.diagnostics:
+                diagnostics_costs(setup, k, args)
+                continue
             rows, others, kinds = run(setup, k, methods, args)
             verdicts += report(setup, k, rows, others, kinds, device)
             if args.data_steps:

@@ -45,8 +45,8 @@ def test_the_known_keys_are_those_of_the_shipped_yamls(default_config: DictConfi
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
-    ("sed", 1, "sed is not a top-level setting; valid keys: backbone, baselines, dataset, optimizer, output_dir, "
-               "schedule, scheduler, seed, stl, task, trainer, weighting"),
+    ("sed", 1, "sed is not a top-level setting; valid keys: backbone, baselines, dataset, diagnostics, optimizer, "
+               "output_dir, schedule, scheduler, seed, stl, task, trainer, weighting"),
     ("trainer.max_epoch", 1, "trainer.max_epoch is not a trainer setting; valid keys: amp, batch_size, "),
     ("scheduler.intervall", "epoch", "scheduler.intervall is not a scheduler setting; valid keys: build, interval"),
     ("task.rhythm.num_output", 4, "task.rhythm.num_output is not a task setting; valid keys: activation, head, "),

@@ -18,7 +18,7 @@ import yaml
 from rich.console import Console
 
 from mtl_train import report_plots
-from mtl_train.report import find_runs, main, report
+from mtl_train.report import default_reference, find_runs, main, report
 
 BIN = Path(sys.executable).parent
 
@@ -102,6 +102,7 @@ def test_sweep_writes_comparison_plots_with_their_data(sweep: Path) -> None:
     with open(sweep / "tradeoff.csv", newline="") as file:
         points = list(csv.DictReader(file))
     assert len(points) == 4 and sorted(p["seed"] for p in points) == ["0", "0", "1", "1"]
+    assert (sweep / "report.html").read_text().count('src="data:image/png;base64,') == 4  # the plots, embedded
 
 
 def test_joblib_launcher_sweep_is_summarised(tmp_path: Path) -> None:
@@ -267,6 +268,7 @@ def test_the_sweep_table_of_three_methods_fits_80_columns(tmp_path: Path) -> Non
     report([tmp_path], tmp_path, console)
     lines = console.export_text().splitlines()
     assert max(len(line) for line in lines) <= 80 and not any("…" in line for line in lines)
+    lines = lines[:next(i for i, line in enumerate(lines) if line.startswith("Pareto front"))]  # the table
     for task, metrics in ECG_FULL.items():
         for metric in metrics:
             name = f"{task}/{metric} {'↑' if HIGHER_IS_BETTER[metric] else '↓'}"
@@ -286,3 +288,109 @@ def test_the_loss_plot_data_are_the_mean_and_std_over_seeds(tmp_path: Path) -> N
     for row in rows:
         assert (float(row["training_loss_mean"]), float(row["training_loss_std"]), row["seeds"]) == (
             0.375, pytest.approx(0.25 / math.sqrt(2)), "2")
+
+
+def set_test_metric(run_dir: Path, values: dict[str, float]) -> None:
+    """Set every test metric of each task in ``values`` to its value in the run's summary."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for task, value in values.items():
+        summary["final"]["test"][task] = {metric: value for metric in summary["final"]["test"][task]}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+
+
+def write_two_task_sweep(root: Path) -> None:
+    """EW (two seeds: accuracy 0.8 and 1.0, PSNR 20), UW (0.7, 25) and GradNorm (0.6, 22: dominated by UW)."""
+    for job, (method, seed, accuracy, psnr) in enumerate((("ew", 0, 0.8, 20.0), ("ew", 1, 1.0, 20.0),
+                                                          ("uw", 0, 0.7, 25.0), ("gradnorm", 0, 0.6, 22.0))):
+        write_run(root / str(job), [f"weighting={method}", f"seed={seed}"], ECG, 0.5, seed)
+        set_test_metric(root / str(job), {"rhythm": accuracy, "denoise": psnr})
+
+
+def test_the_pareto_front_and_its_hypervolume_against_the_default_reference(tmp_path: Path) -> None:
+    write_two_task_sweep(tmp_path)
+    rows = {row["config"]: row for row in report([tmp_path], tmp_path, quiet_console())}
+    assert {name: row["pareto"] for name, row in rows.items()} == {
+        "weighting=ew": True, "weighting=uw": True, "weighting=gradnorm": False}
+    assert {name: row["pareto"] for name, row in read_csv(tmp_path / "comparison.csv").items()} == {
+        "weighting=ew": "true", "weighting=uw": "true", "weighting=gradnorm": "false"}
+    markdown = (tmp_path / "comparison.md").read_text()
+    assert "| config | seeds | front | denoise/mse |" in markdown
+    assert "| weighting=ew | 2 | ✓ |" in markdown and "| weighting=gradnorm | 1 |  |" in markdown
+    assert "rhythm/accuracy ↑, denoise/psnr ↑; mean over seeds): 2 of 3 configurations." in markdown
+    # reference: worst mean less 10 % of the range: 0.6 - 0.03, 20 - 0.5; volume of the means (0.9, 20), (0.7, 25):
+    # (0.9 - 0.57) x (20 - 19.5) + (0.7 - 0.57) x (25 - 20)
+    assert ("Hypervolume of the front: 0.815, reference point rhythm/accuracy = 0.5700, denoise/psnr = 19.5000 "
+            "(each metric's worst configuration mean") in markdown
+
+
+def test_a_given_hypervolume_reference_replaces_the_default(tmp_path: Path) -> None:
+    write_two_task_sweep(tmp_path / "runs")
+    main([str(tmp_path / "runs"), "--out", str(tmp_path), "--hv-reference", "rhythm=0.5,denoise=20"])
+    # EW's box is flat (PSNR 20 = the reference); UW's (0.7 - 0.5) x (25 - 20) covers GradNorm's
+    assert ("Hypervolume of the front: 1, reference point rhythm/accuracy = 0.5000, denoise/psnr = 20.0000 "
+            "(given by --hv-reference)") in (tmp_path / "comparison.md").read_text()
+
+
+@pytest.mark.parametrize(("reference", "message"), [
+    ("rhythm=0.5,denoise", "--hv-reference: 'denoise' is not task=value"),
+    ("rhythm=0.5,waves=1", "--hv-reference gives ['rhythm', 'waves'], but the runs' task sets are"),
+])
+def test_a_bad_hypervolume_reference_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture, reference: str,
+                                                  message: str) -> None:
+    write_two_task_sweep(tmp_path / "runs")
+    with pytest.raises(SystemExit, match="1"):
+        main([str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--hv-reference", reference])
+    assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_more_than_two_tasks_get_a_table_of_the_front_and_parallel_coordinates(tmp_path: Path) -> None:
+    # heart_rate's MAE is lower-is-better: EW is better there, UW on the other three tasks, GradNorm on none
+    for job, (method, mae, other) in enumerate((("ew", 3.0, 0.5), ("uw", 5.0, 0.7), ("gradnorm", 6.0, 0.6))):
+        write_run(tmp_path / str(job), [f"weighting={method}"], ECG_FULL, 0.5)
+        set_test_metric(tmp_path / str(job), {"rhythm": other, "heart_rate": mae, "waves": other, "denoise": other})
+    report([tmp_path], tmp_path, quiet_console())
+    markdown = (tmp_path / "comparison.md").read_text()
+    assert ("| config | rhythm/accuracy ↑ | heart_rate/mae ↓ | waves/miou ↑ | denoise/psnr ↑ |\n|---|---|---|---|---|\n"
+            "| weighting=ew | 0.5000 | 3.0000 | 0.5000 | 0.5000 |\n"
+            "| weighting=uw | 0.7000 | 5.0000 | 0.7000 | 0.7000 |\n") in markdown
+    with open(tmp_path / "pareto_parallel.csv", newline="") as file:
+        rows = {(row["config"], row["metric"]): row for row in csv.DictReader(file)}
+    # each axis from the worst configuration (0) to the best (1): MAE 6 -> 0, 3 -> 1
+    assert [float(rows[(f"weighting={m}", "heart_rate/mae")]["scaled"]) for m in ("ew", "uw", "gradnorm")] == [
+        1.0, pytest.approx(1 / 3), 0.0]
+    assert rows[("weighting=gradnorm", "rhythm/accuracy")]["pareto"] == "False"
+
+
+def add_gradient_diagnostics(run_dir: Path, cosine: float | None, conflict: float,
+                             groups: list[list[str]] | None = None) -> None:
+    """Give a two-task run the ``diagnostics`` that ``mtl-train diagnostics=...`` writes in its summary."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["diagnostics"] = {"gradients": {"wrt": "rep", "every": 25, "samples": 4,
+                                            "mean_cosine": [[1.0, cosine], [cosine, 1.0]], "mean_norm": [2.0, 4.0],
+                                            "conflict_fraction": conflict}}
+    if groups is not None:
+        summary["diagnostics"]["affinity"] = {"every": 50, "samples": 2, "mean": [[None, 0.1], [0.2, None]],
+                                              "groups": groups}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+
+
+def test_gradient_diagnostics_give_a_conflict_column_and_cosine_heatmaps(tmp_path: Path) -> None:
+    write_two_task_sweep(tmp_path)
+    add_gradient_diagnostics(tmp_path / "0", -0.5, 1.0, [["rhythm"], ["denoise"]])
+    add_gradient_diagnostics(tmp_path / "1", None, 0.5, [["rhythm"], ["denoise"]])  # a cosine never measured
+    add_gradient_diagnostics(tmp_path / "2", 0.25, 0.0)
+    report([tmp_path], tmp_path, quiet_console())
+    rows = read_csv(tmp_path / "comparison.csv")
+    assert [rows[f"weighting={m}"]["conflict_fraction_mean"] for m in ("ew", "uw", "gradnorm")] == ["0.75", "0", ""]
+    with open(tmp_path / "gradient_cosines_comparison.csv", newline="") as file:
+        cells = {(r["config"], r["task_a"], r["task_b"]): (float(r["mean_cosine"]), r["runs"])
+                 for r in csv.DictReader(file)}
+    assert cells[("weighting=ew", "rhythm", "denoise")] == (-0.5, "2")  # the null of seed 1 is left out
+    assert cells[("weighting=uw", "denoise", "rhythm")] == (0.25, "1")
+    assert ("weighting=gradnorm", "rhythm", "rhythm") not in cells  # no panel without diagnostics
+
+
+def test_the_default_reference_of_a_tied_metric_is_a_tenth_of_its_magnitude_worse() -> None:
+    # accuracy ties at 0.5 (0.05 below), MAE spans 3..5 (0.2 above the worst), a metric tied at 0 (0.1 below)
+    reference = default_reference([[0.5, 3.0, 0.0], [0.5, 5.0, 0.0]], [True, False, True])
+    assert reference == pytest.approx([0.45, 5.2, -0.1])

@@ -8,11 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 from matplotlib.collections import PathCollection, PolyCollection
 
 from mtl_train.report import Run
-from mtl_train.report_plots import SeedMean, metric_curves, seed_mean, tradeoff, weights_comparison
+from mtl_train.report_plots import (SeedMean, front_staircase, metric_curves, seed_mean, tradeoff,
+                                    weights_comparison)
 
 HIGHER = {"rhythm": {"accuracy": True}, "heart_rate": {"mae": False}}
 PRIMARY = {"rhythm": "accuracy", "heart_rate": "mae"}
@@ -106,3 +108,23 @@ def test_seed_mean_keeps_the_steps_every_seed_reached() -> None:
     assert isinstance(curve, SeedMean) and curve.seeds == 2
     assert curve.steps.tolist() == [1, 2] and curve.mean.tolist() == [2.0, 3.0]
     assert curve.std.tolist() == pytest.approx([math.sqrt(2), math.sqrt(2)])
+
+
+def test_tradeoff_marks_the_front_with_a_staircase_and_filled_markers(runs: list[Run]) -> None:
+    # means: EW (accuracy 0.7, MAE 4), UW (0.8, 5); EW has the better MAE, UW the better accuracy
+    ax = tradeoff(runs, front=["weighting=ew", "weighting=uw"]).figure.axes[0]
+    staircase = next(line for line in ax.get_lines() if line.get_label() == "Pareto front of the means")
+    # up from EW at its accuracy to UW's MAE, then right to UW: the bound of what the two dominate
+    assert list(staircase.get_xdata()) == pytest.approx([0.7, 0.7, 0.8])
+    assert list(staircase.get_ydata()) == pytest.approx([4.0, 5.0, 5.0])
+    ax = tradeoff(runs, front=["weighting=ew"]).figure.axes[0]
+    ew, uw = (bars.lines[0] for bars in ax.containers)
+    assert ew.get_markerfacecolor() != "white" and uw.get_markerfacecolor() == "white"
+    assert [t.get_text() for t in ax.figure.legends[0].get_texts()][:2] == ["weighting=ew (2 seeds), front",
+                                                                           "weighting=uw (2 seeds)"]
+
+
+def test_the_staircase_follows_each_metric_s_direction() -> None:
+    # both lower-is-better: ordered from worst to best first objective (x descending)
+    corners = front_staircase(np.array([[1.0, 3.0], [3.0, 1.0], [2.0, 2.0]]), [False, False])
+    assert corners.tolist() == [[3.0, 1.0], [3.0, 2.0], [2.0, 2.0], [2.0, 3.0], [1.0, 3.0]]

@@ -57,3 +57,14 @@ def test_baselines_missing_a_task_stop_before_training(stl_run: tuple[Path, dict
     with pytest.raises(ConfigError, match=r"no single-task result for task\(s\) \['heart_rate', 'waves'\]"):
         train(compose_config(["debug=smoke", "task=ecg_full", f"baselines={stl_dir}"], tmp_path))
     assert not (tmp_path / "losses.csv").exists()
+
+
+def test_best_val_baselines_record_the_selected_models_val_metrics(tmp_path: Path) -> None:
+    """With trainer.model_selection=best_val, baselines.json holds each selected model's val metrics next to its
+    test metrics, so tuning can take Δm on val against them."""
+    summary = train(compose_config(["debug=smoke", "stl=true", "trainer.model_selection=best_val"], tmp_path))
+    baselines = json.loads((tmp_path / "baselines.json").read_text())
+    for task in ("rhythm", "denoise"):
+        run = json.loads((tmp_path / "stl" / task / "summary.json").read_text())
+        assert baselines["val"][task] == run["selected"]["val"][task] == summary["selected"]["val"][task]
+        assert baselines["tasks"][task] == run["selected"]["test"][task]

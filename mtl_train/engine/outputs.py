@@ -2,6 +2,8 @@
 
 - ``losses.csv`` / ``weights.csv``: one row per training step, columns ``step`` + one per task (``losses.csv`` also
   has a column for the backbone's penalty, e.g. soft sharing's ``soft_l2``, when there is one);
+- ``gradients.csv`` / ``affinity.csv`` (``diagnostics=...``): one row per sample of the per-run diagnostics
+  (:mod:`mtl_train.diagnostics`), written at the same flushes;
 - ``metrics.jsonl``: one JSON object per evaluation (step, epoch, split, per-task metrics);
 - ``summary.json`` (final and best metrics, config digest, wall time, device), written atomically;
 - ``checkpoints/last.pt``, written atomically (see :mod:`mtl_train.utils.io`), with the run's wall time so far
@@ -62,16 +64,22 @@ class RunWriter:
         tensorboard: bool = False,
         resume_from: tuple[Path, int] | None = None,
         clock: WallClock | None = None,
+        step_files: dict[str, list[str]] | None = None,
     ) -> None:
         """``resume_from=(run_dir, step)`` starts every file with that run's records up to ``step`` (inclusive),
-        read (and checked) here; ``clock`` gives the wall time stamped into each checkpoint (from now when None).
-        Writes nothing: :meth:`open` does."""
+        read (and checked) here; ``clock`` gives the wall time stamped into each checkpoint (from now when None);
+        ``step_files`` are further per-step CSV files (name without ``.csv`` -> header, e.g. the diagnostics'),
+        written by :meth:`log_rows`. Writes nothing: :meth:`open` does."""
         self.output_dir = Path(output_dir)
         self.task_names = task_names
         self.loss_names = [*task_names, *penalty_names]
         self.tensorboard = tensorboard
         self.clock = clock or WallClock(time.perf_counter())
-        self._headers = {"losses": ["step", *self.loss_names], "weights": ["step", *task_names]}
+        self._headers = {"losses": ["step", *self.loss_names], "weights": ["step", *task_names], **(step_files or {})}
+        for name in step_files or {}:
+            if resume_from and not (resume_from[0] / f"{name}.csv").is_file():
+                raise ConfigError(f"trainer.resume: {resume_from[0]} has no {name}.csv (it was run with other "
+                                  "diagnostics); resume with the diagnostics=... it was started with")
         self._kept_rows = {name: kept_csv_rows(resume_from[0] / f"{name}.csv", header, resume_from[1])
                            if resume_from else [] for name, header in self._headers.items()}
         self._kept_records = kept_eval_records(resume_from[0] / "metrics.jsonl", resume_from[1]) if resume_from else []
@@ -103,6 +111,13 @@ class RunWriter:
             self._csv_files[name].flush()
         if self._tensorboard is not None:
             self._tensorboard.log_steps(steps, losses, weights)
+
+    def log_rows(self, name: str, steps: list[int], values: Tensor) -> None:
+        """Append rows for ``steps`` to the step file ``name`` (``step_files``); ``values`` is a CPU tensor with one
+        row per step."""
+        rows = values.tolist()
+        self._csv_writers[name].writerows([[step, *(f"{v:.6g}" for v in row)] for step, row in zip(steps, rows)])
+        self._csv_files[name].flush()
 
     def log_eval(self, step: int, epoch: int, split: str, metrics: dict[str, dict[str, float]]) -> None:
         record = {"step": step, "epoch": epoch, "split": split, "metrics": metrics}
@@ -180,6 +195,9 @@ class NullRunWriter(RunWriter):
         pass
 
     def log_steps(self, steps: list[int], losses: Tensor, weights: Tensor) -> None:
+        pass
+
+    def log_rows(self, name: str, steps: list[int], values: Tensor) -> None:
         pass
 
     def log_eval(self, step: int, epoch: int, split: str, metrics: dict[str, dict[str, float]]) -> None:

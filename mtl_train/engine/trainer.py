@@ -2,7 +2,9 @@
 the host when the data does not fit the device (:mod:`mtl_train.engine.batches`).
 
 The loop never branches on which weighting method runs: every method goes through
-:class:`~mtl_train.weighting.base.Weighting` (``backward`` then ``after_optimizer_step``).
+:class:`~mtl_train.weighting.base.Weighting` (``backward`` then ``after_optimizer_step``). The per-run diagnostics
+(``diagnostics=...``, :class:`~mtl_train.diagnostics.sampling.DiagnosticsSampler`) run around the method's backward
+on the steps they are due; when off, the step does nothing more.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import torch
 from torch import Tensor
 
 from mtl_train.data.base import MultiTaskData, TensorSplit
+from mtl_train.diagnostics.gradients import DiagnosticsSettings
+from mtl_train.diagnostics.sampling import DiagnosticsSampler
 from mtl_train.engine.batches import StreamingLoader, epoch_index_batches, eval_index_batches, place_data
 from mtl_train.engine.distributed import Distributed
 from mtl_train.engine.outputs import RunWriter
@@ -127,6 +131,7 @@ class Trainer:
         config: dict,
         seed: int,
         distributed: Distributed = Distributed(),
+        diagnostics: DiagnosticsSettings = DiagnosticsSettings(),
     ) -> None:
         if scheduler_interval not in ("step", "epoch"):
             raise ConfigError(f"scheduler.interval must be 'step' or 'epoch', got {scheduler_interval!r}")
@@ -147,6 +152,7 @@ class Trainer:
             raise ConfigError(f"trainer.batch_size={settings.batch_size} (the global batch) must be a multiple of the "
                               f"number of processes, {distributed.world_size}")
         self.distributed = distributed
+        self.diagnostics = DiagnosticsSampler(diagnostics, model) if diagnostics.enabled else None
         needed = sorted({t.target for t in tasks})
         self.splits = {name: self._keep_targets(split, needed) for name, split in
                        (("train", data.train), ("val", data.val), ("test", data.test))}
@@ -256,17 +262,19 @@ class Trainer:
         return torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
 
     def _recompute_losses(self, inputs: Tensor, targets: dict[str, Tensor], factors: Tensor, share: float,
-                          rng: tuple[Tensor, Tensor | None]) -> Callable[[], Tensor]:
+                          rng: tuple[Tensor, Tensor | None]) -> Callable[..., Tensor]:
         """A closure giving the scheduled task losses on this (global) batch with the current parameters, without
-        grad (FAMO's loss after the update). The forward is the training forward's function: train mode, dropout
-        replaying the training forward's masks (the RNG states ``rng``, taken before it; the global RNGs are left as
-        they were), normalisation by the batch's statistics without updating the running ones
+        grad (FAMO's loss after the update); ``recompute(parameters)`` swaps in ``parameters`` (name -> tensor, e.g.
+        the affinity's lookahead shared parameters) with ``torch.func.functional_call``, the model left as it is.
+        The forward is the training forward's function: train mode, dropout replaying the training forward's masks
+        (the RNG states ``rng``, taken before it; the global RNGs are left as they were), normalisation by the
+        batch's statistics without updating the running ones
         (:meth:`MultiTaskModel.frozen_normalization_statistics`). So the losses before and after the update differ
         by the update only, calling it again gives the same losses, and BatchNorm's statistics move once per step."""
         cpu_state, device_state = rng
 
         @torch.no_grad()
-        def recompute() -> Tensor:
+        def recompute(parameters: dict[str, Tensor] | None = None) -> Tensor:
             devices = [self.device] if device_state is not None else []
             with torch.random.fork_rng(devices, device_type=self.device.type), \
                     self.model.frozen_normalization_statistics():
@@ -274,7 +282,8 @@ class Trainer:
                 if device_state is not None:
                     torch.cuda.set_rng_state(device_state, self.device)
                 with self._autocast():
-                    outputs = self.model(inputs)
+                    outputs = (self.model(inputs) if parameters is None else
+                               torch.func.functional_call(self.model, parameters, (inputs,)))
             return self.distributed.global_losses(self.task_losses(outputs, targets), share) * factors
 
         return recompute
@@ -296,6 +305,7 @@ class Trainer:
             return self._non_finite_step(losses, f"the loss of task {task!r}")
         schedule_factors = self.schedule.factors(self.step, self.step / self.steps_per_epoch)
         factors = schedule_factors.to(self.device)
+        scheduled = losses * factors
         self.optimizer.zero_grad(set_to_none=True)
         ctx = StepContext(
             model=self.model,
@@ -310,7 +320,13 @@ class Trainer:
             recompute_losses=self._recompute_losses(inputs, targets, factors, share, forward_rng),
             distributed=self.distributed,
         )
-        weights = self.weighting.backward(losses * factors, ctx) * factors
+        if self.diagnostics is not None:
+            self.diagnostics.before_backward(self.step, scheduled, z, self.weighting, self.scaler.scale,
+                                             ctx.loss_scale)
+        weights = self.weighting.backward(scheduled, ctx) * factors
+        if self.diagnostics is not None:
+            self.diagnostics.after_backward(self.step, scheduled, self.optimizer.param_groups[0]["lr"],
+                                            ctx.recompute_losses)
         penalty = self.model.penalty()
         if penalty is not None:
             self.scaler.scale(penalty).backward()
@@ -431,7 +447,9 @@ class Trainer:
                     self.best[task.name][name] = {"value": value, "step": self.step, "epoch": self.epoch}
 
     def _flush_steps(self, pending: list[tuple[int, Tensor, Tensor]], progress: TrainingProgress) -> None:
-        """Write buffered per-step losses/weights (one device sync)."""
+        """Write buffered per-step losses/weights (one device sync) and the diagnostics' rows."""
+        if self.diagnostics is not None:
+            self.diagnostics.flush(self.writer)
         if not pending:
             return
         steps = [s for s, _, _ in pending]

@@ -15,6 +15,8 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal, Union
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -42,6 +44,28 @@ def check_types(path: str, node: DictConfig, types_by_key: Mapping[str, Any]) ->
     for name, hint in types_by_key.items():
         if name in node:
             check_value(node, name, f"{path}.{name}" if path else name, hint)
+
+
+def check_search_space(node: DictConfig, name: str, path: str, valid: Iterable[str] | None) -> None:
+    """``node[name]`` (the key ``path``) maps parameters of the node's target (``valid``; None: any) to the sweep
+    expressions Hydra's Optuna sweeper samples from: ``interval(a, b)``, ``tag(log, interval(a, b))``,
+    ``choice(a, b, ...)`` or ``range(a, b, step)`` (https://hydra.cc/docs/plugins/optuna_sweeper/)."""
+    space = node[name]
+    if not isinstance(space, DictConfig):
+        raise ConfigError(f"{path}={space!r} must be a mapping from settings to search expressions, e.g. "
+                          f"{path}.alpha='interval(0.1, 3.0)'")
+    if valid is not None:
+        check_keys(path, space.keys(), valid, "setting to search over")
+    parser = OverridesParser.create()
+    for key, expression in space.items():
+        try:
+            sweep = parser.parse_override(f"{key}={expression}").is_sweep_override()
+        except HydraException:  # a syntax error in the expression
+            sweep = False
+        if not sweep:
+            raise ConfigError(f"{path}.{key}={expression!r} is not a search expression; write interval(LOW, HIGH), "
+                              f"tag(log, interval(LOW, HIGH)) or choice(A, B, ...), e.g. "
+                              f"{path}.{key}='interval(0.1, 3.0)'")
 
 
 def check_value(node: DictConfig, name: str, path: str, hint: Any, default: Any = None) -> None:

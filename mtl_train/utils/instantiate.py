@@ -15,13 +15,17 @@ from typing import Any
 
 import hydra
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from mtl_train.errors import ConfigError, UserError
-from mtl_train.utils.config_values import check_keys, check_value
+from mtl_train.utils.config_values import check_keys, check_search_space, check_value
 
 HYDRA_KEYS = frozenset({"_target_", "_partial_", "_convert_", "_recursive_", "_args_"})
 """Keys Hydra's instantiate reads itself; they are not arguments of the target."""
+
+SEARCH_KEY = "search"
+"""A method's hyperparameter search space for ``experiment=tune`` (e.g. ``search: {alpha: interval(0.1, 3.0)}``):
+checked against the target's parameters, never passed to it."""
 
 MERGED_KEY_FIX = "; if a task set or experiment sets it for another option, remove it with ~{key}"
 """Added to an unknown key: task sets and experiments set keys of the options they choose, which stay when the
@@ -35,6 +39,10 @@ def instantiate(node: DictConfig, key: str, **kwargs: Any) -> Any:
     :class:`ConfigError` naming ``key``; a :class:`UserError` raised by our own code passes through unchanged.
     """
     check_node(node, key, kwargs)
+    if SEARCH_KEY in node:
+        node = node.copy()
+        with open_dict(node):
+            del node[SEARCH_KEY]
     try:
         return hydra.utils.instantiate(node, _convert_="all", **kwargs)
     except InstantiationException as error:
@@ -49,18 +57,22 @@ def instantiate(node: DictConfig, key: str, **kwargs: Any) -> Any:
 def check_node(node: Any, key: str, injected: Iterable[str] = ()) -> None:
     """Check the ``_target_`` node ``node`` found at ``key``: each of its keys, less Hydra's own and the
     ``injected`` ones (which the caller passes when it builds the node), must be a parameter of the target,
-    set, and of the parameter's type. Nested ``_target_`` nodes are checked the same way."""
+    set, and of the parameter's type; the keys of its :data:`SEARCH_KEY` must be parameters too, each with a
+    search-space expression. Nested ``_target_`` nodes are checked the same way."""
     if not isinstance(node, DictConfig) or "_target_" not in node:
         raise ConfigError(f"{key} must be a config node with a _target_ (pick an option of its config group), "
                           f"got {node!r}")
     target = load_target(node, key)
     parameters = inspect.signature(target).parameters
-    skipped = HYDRA_KEYS | set(injected)
+    skipped = HYDRA_KEYS | {SEARCH_KEY} | set(injected)
     keys = [str(name) for name in node.keys() if name not in skipped]
+    valid = [name for name, p in parameters.items() if name not in skipped and p.kind in
+             (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        valid = [name for name, p in parameters.items() if name not in skipped and p.kind in
-                 (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
         check_keys(key, keys, valid, f"setting of {target.__name__}", MERGED_KEY_FIX)
+    if SEARCH_KEY in node:
+        takes_any_key = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+        check_search_space(node, SEARCH_KEY, f"{key}.{SEARCH_KEY}", None if takes_any_key else valid)
     hints = target_hints(target)
     for name in keys:
         child = node._get_node(name)

@@ -93,6 +93,8 @@ class Weighting(nn.Module, ABC):
         super().__init__()
         self.task_names = list(task_names)
         self.lr = lr
+        self.keep_gradients = False  # set by the trainer for a step whose G it samples (keeps_gradients)
+        self.kept_gradients: Tensor | None = None
 
     @property
     def num_tasks(self) -> int:
@@ -115,6 +117,13 @@ class Weighting(nn.Module, ABC):
         if self.lr is not None:
             group["lr"] = self.lr
         return [group]
+
+    def keeps_gradients(self, wrt: str) -> bool:
+        """Whether :meth:`backward` builds the full ``(k, d)`` gradient matrix G of the task losses it is given
+        w.r.t. ``wrt`` (``"rep"``: z, ``"params"``: the shared parameters) and, when :attr:`keep_gradients` is set,
+        leaves it in :attr:`kept_gradients` (in true units), so that the per-run diagnostics
+        (:mod:`mtl_train.diagnostics`) reuse it instead of another backward. False by default."""
+        return False
 
     def after_optimizer_step(self, ctx: StepContext) -> None:
         """Called after every optimizer step (e.g. to renormalise weights). No-op by default."""

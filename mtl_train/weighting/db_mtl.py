@@ -81,6 +81,10 @@ class DBMTL(GradientWeighting):
             self.ema_grads = torch.zeros(saved.shape, dtype=saved.dtype, device=self.ema_grads.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def keeps_gradients(self, wrt: str) -> bool:
+        """No: the method's G is of the log losses, not of the losses."""
+        return False
+
     def task_gradients(self, losses: Tensor, ctx: StepContext, combine: Tensor | None = None) -> Tensor:
         """G of the log losses log(L_t + eps) (see :meth:`GradientWeighting.task_gradients`); :meth:`aggregate`
         still gets the losses themselves, so it can tell the inactive tasks."""

@@ -114,6 +114,10 @@ class GradDrop(GradientWeighting):
         """The rule on a ``(k, d)`` gradient matrix, each column one feature (``params`` mode)."""
         return graddrop(grads.unsqueeze(1), self.draw(grads.shape[1], grads.device), self.leak)
 
+    def keeps_gradients(self, wrt: str) -> bool:
+        """In ``params`` mode (the ``rep`` path gathers G with the signs of z)."""
+        return self.mode == "params" and super().keeps_gradients(wrt)
+
     def backward(self, losses: Tensor, ctx: StepContext) -> Tensor:
         if self.mode == "params":
             return super().backward(losses, ctx)

@@ -109,10 +109,22 @@ class GradientWeighting(Weighting):
     def aggregate(self, grads: Tensor, losses: Tensor) -> Aggregation:
         """Combine the ``(k, d)`` per-task gradients (rows) of the ``(k,)`` detached ``losses`` into one direction."""
 
+    def keeps_gradients(self, wrt: str) -> bool:
+        """G is built in the method's ``mode`` (by :meth:`backward`, which keeps it when asked). A subclass whose
+        backward does not pass G of the given losses through :meth:`GradientWeighting.backward` every step returns
+        False (or narrows it)."""
+        return self.mode == wrt
+
     def backward(self, losses: Tensor, ctx: StepContext) -> Tensor:
         grads = unscale(self.task_gradients(losses, ctx), ctx.loss_scale)
         grads, own, back_factor = ctx.distributed.task_gradients(grads, per_sample=self.mode == "rep")
+        self.keep(grads)
         return self.apply_aggregation(ctx, self.aggregate(grads, losses.detach()), grads, losses, own, back_factor)
+
+    def keep(self, grads: Tensor) -> None:
+        """Keep G (true units) for the diagnostics when :attr:`keep_gradients` is set (no copy: G is not changed)."""
+        if self.keep_gradients:
+            self.kept_gradients = grads.detach()
 
     def apply_aggregation(self, ctx: StepContext, aggregation: Aggregation, rows: Tensor, losses: Tensor,
                           own: slice, back_factor: float) -> Tensor:
@@ -258,6 +270,10 @@ class SubBatchGradientWeighting(GradientWeighting):
                               f"got {sampling!r}")
         self.sampling = sampling
 
+    def keeps_gradients(self, wrt: str) -> bool:
+        """Only ``sampling=one`` builds G of the whole batch."""
+        return self.sampling == "one" and super().keeps_gradients(wrt)
+
     @abstractmethod
     def cross_weights(self, cross: Tensor, active: Tensor) -> Tensor:
         """The ``(k,)`` weights from A = G_1 G_2^T (``cross``, (k, k)), 0 for the tasks not ``active``."""
@@ -277,6 +293,7 @@ class SubBatchGradientWeighting(GradientWeighting):
         if parts == 1:
             grads = unscale(self.shared_gradients(rows, ctx), ctx.loss_scale)
             grads, own, back_factor = ctx.distributed.task_gradients(grads, per_sample=per_sample)
+            self.keep(grads)
             return self.apply_aggregation(ctx, self.aggregate(grads, losses.detach()), grads, losses, own,
                                           back_factor)
         estimates, masks = self.sub_batch_gradients(rows, ctx, parts)

@@ -111,6 +111,10 @@ class IMTL(GradientWeighting):
     def aggregate(self, grads: Tensor, losses: Tensor) -> Aggregation:
         return weighted_sum(grads, imtl_g_weights(gramian(grads), rank_tolerance(grads)).to(grads.dtype))
 
+    def keeps_gradients(self, wrt: str) -> bool:
+        """Not with ``loss_balance`` (G is then of the scaled losses)."""
+        return self.log_scales is None and super().keeps_gradients(wrt)
+
     def backward(self, losses: Tensor, ctx: StepContext) -> Tensor:
         if self.log_scales is None:
             return super().backward(losses, ctx)

@@ -202,6 +202,10 @@ class NashMTL(GradientWeighting):
         factor = clip_factor(direction.norm(), self.max_norm)
         return Aggregation(direction * factor, alpha * factor)
 
+    def keeps_gradients(self, wrt: str) -> bool:
+        """Only when every step updates the weights (the other steps build alpha @ G alone)."""
+        return self.update_weights_every == 1 and super().keeps_gradients(wrt)
+
     def backward(self, losses: Tensor, ctx: StepContext) -> Tensor:
         update = self.calls % self.update_weights_every == 0
         self.calls += 1

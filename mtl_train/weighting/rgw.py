@@ -66,6 +66,10 @@ class RandomGradientWeighting(GradientWeighting):
     def aggregate(self, grads: Tensor, losses: Tensor) -> Aggregation:
         return weighted_sum(grads, self.draw(losses).to(grads.dtype))
 
+    def keeps_gradients(self, wrt: str) -> bool:
+        """No: the trunk backward runs on lambda @ G_z, never on G."""
+        return False
+
     def backward(self, losses: Tensor, ctx: StepContext) -> Tensor:
         """The heads get their own gradients; the shared part gets d = lambda @ G from one trunk backward of the
         lambda-weighted representation gradients (the engine's ``combine``)."""
