@@ -35,6 +35,7 @@ def annotated_heatmap(ax: Axes, matrix: Tensor, tasks: list[str], limit: float, 
     for i, row in enumerate(values):
         for j, value in enumerate(row):
             text = "–" if math.isnan(value) else format(value, number_format)
+            text = text.lstrip("-") if text != "–" and float(text) == 0 else text  # no "-0.00"
             dark = not math.isnan(value) and abs(value) > 0.6 * limit
             ax.text(j, i, text, ha="center", va="center", fontsize=9, color="white" if dark else "black")
     ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
