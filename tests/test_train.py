@@ -46,8 +46,16 @@ def all_finite(tree) -> bool:
     return math.isfinite(tree)
 
 
-@pytest.mark.parametrize("task", TASKS)
-@pytest.mark.parametrize("weighting", WEIGHTINGS)
+# The default suite trains every method on the four-task ECG set and every task set with EW, PCGrad and MGDA, plus
+# the classification-only methods everywhere; the rest of the method x task-set matrix runs with `pytest -m slow`.
+MATRIX_TASK = "ecg_full"
+ON_EVERY_TASK_SET = {"ew", "pcgrad", "mgda", *CLASSIFICATION_ONLY}
+SMOKE_CASES = [pytest.param(weighting, task, marks=() if task == MATRIX_TASK or weighting in ON_EVERY_TASK_SET
+                            else pytest.mark.slow)
+               for weighting in WEIGHTINGS for task in TASKS]
+
+
+@pytest.mark.parametrize("weighting,task", SMOKE_CASES)
 def test_smoke_train_writes_every_output(task: str, weighting: str, tmp_path: Path, tiny_fashion_root: Path) -> None:
     cfg = smoke_config(task, weighting, tmp_path, tiny_fashion_root)
     if weighting in CLASSIFICATION_ONLY and task in WITH_VALUE_TASKS:
