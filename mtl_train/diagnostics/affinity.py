@@ -24,7 +24,6 @@ that help each other on average train together, and a task whose step hurts the 
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from mtl_train.diagnostics.gradients import nan_to_none
+from mtl_train.engine.outputs import read_step_csv
 
 MAX_GROUPING_TASKS = 8
 
@@ -106,15 +106,12 @@ def suggested_groups(affinity: Tensor, tasks: list[str]) -> list[list[str]] | No
 
 def read_affinity_csv(path: Path) -> tuple[list[str], Tensor, Tensor]:
     """Read a run's ``affinity.csv``: (tasks, steps (n,), Z (n, k, k) with a NaN diagonal)."""
-    with open(path, newline="") as file:
-        rows = list(csv.reader(file))
-    header, body = rows[0], rows[1:]
-    tasks = list(dict.fromkeys(name.split("->")[0] for name in header[1:]))
-    k, n = len(tasks), len(body)
-    values = torch.tensor([[float(v) for v in row[1:]] for row in body], dtype=torch.float64).reshape(n, -1)
+    columns, steps, values = read_step_csv(path)
+    tasks = list(dict.fromkeys(name.split("->")[0] for name in columns))
+    k, n = len(tasks), len(steps)
     affinity = torch.full((n, k, k), math.nan, dtype=torch.float64)
     affinity[:, ~torch.eye(k, dtype=torch.bool)] = values
-    return tasks, torch.tensor([int(row[0]) for row in body], dtype=torch.long), affinity
+    return tasks, steps, affinity
 
 
 def affinity_summary(path: Path, every: int) -> dict:

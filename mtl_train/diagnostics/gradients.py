@@ -14,7 +14,6 @@ columns, buffered by the trainer and written to ``gradients.csv`` at its flush.
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from mtl_train.engine.outputs import read_step_csv
 from mtl_train.errors import ConfigError
 from mtl_train.model import MultiTaskModel
 from mtl_train.weighting.gradients import TrunkJacobian, representation_gradients
@@ -136,19 +136,15 @@ class GradientSamples:
 
 def read_gradients_csv(path: Path) -> GradientSamples:
     """Read a run's ``gradients.csv`` (:func:`statistics_header`)."""
-    with open(path, newline="") as file:
-        rows = list(csv.reader(file))
-    header, body = rows[0], rows[1:]
-    tasks = [name.split(":", 1)[1] for name in header if name.startswith("norm:")]
-    k, n = len(tasks), len(body)
-    values = torch.tensor([[float(v) for v in row[1:]] for row in body], dtype=torch.float64).reshape(n, -1)
+    columns, steps, values = read_step_csv(path)
+    tasks = [name.split(":", 1)[1] for name in columns if name.startswith("norm:")]
+    k, n = len(tasks), len(steps)
     cosines = torch.full((n, k, k), math.nan, dtype=torch.float64)
-    for column, name in enumerate(header[1:]):
+    for column, name in enumerate(columns):
         if name.startswith("cos:"):
             _, a, b = name.split(":")
             cosines[:, tasks.index(a), tasks.index(b)] = cosines[:, tasks.index(b), tasks.index(a)] = values[:, column]
     cosines[:, range(k), range(k)] = 1.0
-    steps = torch.tensor([int(row[0]) for row in body], dtype=torch.long)
     return GradientSamples(tasks, steps, values[:, 0], values[:, 1:1 + k], cosines)
 
 

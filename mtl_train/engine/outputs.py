@@ -106,9 +106,7 @@ class RunWriter:
         """Append rows for ``steps``; ``losses``/``weights`` are CPU tensors with one row per step and one column per
         loss (tasks, then penalties) / task."""
         for name, values in (("losses", losses), ("weights", weights)):
-            rows = values.tolist()
-            self._csv_writers[name].writerows([[step, *(f"{v:.6g}" for v in row)] for step, row in zip(steps, rows)])
-            self._csv_files[name].flush()
+            self.log_rows(name, steps, values)
         if self._tensorboard is not None:
             self._tensorboard.log_steps(steps, losses, weights)
 
