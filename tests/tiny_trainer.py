@@ -54,18 +54,26 @@ def tiny_model(seed: int = 0) -> MultiTaskModel:
 
 def tiny_trainer(weighting: Weighting, output_dir: Path, schedule: TrainingSchedule | None = None,
                  distributed: Distributed = Distributed(), max_steps: int | None = None, lr: float = 0.1,
-                 data: MultiTaskData | None = None, **settings: object) -> Trainer:
-    """A CPU, fp32 Trainer of :func:`tiny_model` on ``data`` (default :func:`tiny_data`; batch 8) with SGD and a
-    constant learning rate; it writes nothing and keeps no checkpoint. ``settings`` are further
+                 data: MultiTaskData | None = None, device: str = "cpu", amp_dtype: torch.dtype | None = None,
+                 optimizer: str = "sgd", **settings: object) -> Trainer:
+    """A Trainer of :func:`tiny_model` on ``data`` (default :func:`tiny_data`; batch 8) with SGD and a constant
+    learning rate (``optimizer="adam"``: Adam, the rate halved every step), on the CPU in fp32 unless ``device`` and
+    ``amp_dtype`` say otherwise; it writes nothing and keeps no checkpoint. ``settings`` are further
     :class:`TrainerSettings` values (e.g. ``data_on_device=False``)."""
-    model = tiny_model()
+    model = tiny_model().to(device)
+    weighting = weighting.to(device)
     tasks = [Task(t, t, CrossEntropy(), ClassificationMetrics(NUM_CLASSES)) for t in TASKS]
-    optimizer = torch.optim.SGD([{"params": list(model.parameters())}, *weighting.optimizer_groups()], lr=lr)
-    scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    groups = [{"params": list(model.parameters())}, *weighting.optimizer_groups()]
+    if optimizer == "adam":
+        optimizer = torch.optim.Adam(groups, lr=lr)
+        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.5)
+    else:
+        optimizer = torch.optim.SGD(groups, lr=lr)
+        scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
     settings = TrainerSettings(**{"batch_size": BATCH_SIZE, "max_epochs": 100, "max_steps": max_steps,
                                   "progress": "none", "checkpoint": False, **settings})
     return Trainer(model, tasks, weighting, schedule or JointSchedule(TASKS), optimizer, scheduler, "step",
-                   data or tiny_data(), torch.device("cpu"), None, settings, NullRunWriter(output_dir, TASKS), {},
+                   data or tiny_data(), torch.device(device), amp_dtype, settings, NullRunWriter(output_dir, TASKS), {},
                    seed=0, distributed=distributed)
 
 

@@ -27,6 +27,8 @@ from mtl_train.data.base import MultiTaskData, TensorSplit
 from mtl_train.diagnostics.gradients import DiagnosticsSettings
 from mtl_train.diagnostics.sampling import DiagnosticsSampler
 from mtl_train.engine.batches import StreamingLoader, epoch_index_batches, eval_index_batches, place_data
+from mtl_train.engine.cuda_graphs import (CudaStepGraph, GraphedSteps, graph_blockers, plain_optimizer_state,
+                                          plain_scheduler_state, prepare_capturable_optimizer)
 from mtl_train.engine.distributed import Distributed
 from mtl_train.engine.outputs import RunWriter
 from mtl_train.engine.progress import TrainingProgress
@@ -85,8 +87,11 @@ class TrainerSettings:
     num_workers: int = 2
     prefetch_factor: int = 2
     pin_memory: bool | str = "auto"
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.cuda_graphs, bool):
+            raise ConfigError(f"trainer.cuda_graphs must be true or false, got {self.cuda_graphs!r}")
         for key in ("data_on_device", "pin_memory"):
             if getattr(self, key) not in AUTO_OR_BOOL:
                 raise ConfigError(f"trainer.{key} must be auto, true or false, got {getattr(self, key)!r}")
@@ -189,6 +194,38 @@ class Trainer:
         self.selected: dict | None = None
         self.selection_reference: dict[str, float] | None = None
         self.resumed_from: Path | None = None  # the directory of the run this one continues (trainer.resume)
+        self.graphs = self._graphed_steps(settings.cuda_graphs)
+
+    def _graphed_steps(self, requested: bool) -> GraphedSteps | None:
+        """The CUDA-graph runner of ``trainer.cuda_graphs=true`` (:mod:`mtl_train.engine.cuda_graphs`); None when not
+        asked for, or, with one warning, when these settings cannot be captured (then eager steps run)."""
+        self.graph_blockers: list[str] = []
+        if not requested:
+            return None
+        if self.device.type != "cuda":
+            raise ConfigError(f"trainer.cuda_graphs=true needs a GPU (CUDA graphs record GPU kernels) and the training "
+                              f"device is {self.device.type}; set trainer.device=cuda, or trainer.cuda_graphs=false")
+        self.graph_blockers = graph_blockers(self.amp_dtype, self.settings.nonfinite, self.distributed.enabled,
+                                             self.diagnostics is not None, self.optimizer, self.weighting)
+        if self.graph_blockers:
+            log.warning(f"trainer.cuda_graphs=true: running eager steps, since {'; '.join(self.graph_blockers)}")
+            return None
+        return self._graph_runner(CudaStepGraph)
+
+    def _graph_runner(self, graph_type: type) -> GraphedSteps:
+        """A :class:`GraphedSteps` driving this trainer's steps, recording them with ``graph_type``."""
+        return GraphedSteps(eager_step=self._eager_step, captured_step=self._captured_step,
+                            snapshot=self._snapshot_for_capture,
+                            prepare=lambda: prepare_capturable_optimizer(self.optimizer, self.device),
+                            device=self.device, graph_type=graph_type)
+
+    @property
+    def cuda_graph_fallback(self) -> str | None:
+        """Why a run with ``trainer.cuda_graphs=true`` runs (or from some step on ran) eager steps; None when graphs
+        are in use or were not asked for."""
+        if self.graph_blockers:
+            return "; ".join(self.graph_blockers)
+        return self.graphs.fallback if self.graphs is not None else None
 
     @staticmethod
     def _keep_targets(split: TensorSplit, names: list[str]) -> TensorSplit:
@@ -203,10 +240,12 @@ class Trainer:
         total = self.settings.max_epochs * self.steps_per_epoch
         return total if self.settings.max_steps is None else min(total, self.settings.max_steps)
 
-    def _autocast(self):
+    def _autocast(self, cache_enabled: bool = True):
+        """Autocast to ``amp_dtype`` (nothing when None); a CUDA-graph capture needs ``cache_enabled=False``, so that
+        the weights are cast inside the graph, not once outside it."""
         if self.amp_dtype is None:
             return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=cache_enabled)
 
     def _loader(self, name: str) -> StreamingLoader:
         """The streaming path's loader ``name`` ("train", or "eval" for val and test, so an evaluation in the middle
@@ -290,9 +329,18 @@ class Trainer:
 
     def train_step(self, inputs: Tensor, targets: dict[str, Tensor], share: float = 1.0) -> tuple[Tensor, Tensor]:
         """One optimisation step; returns the detached losses (the ``k`` task losses, then the backbone's penalty if it
-        has one) and the ``(k,)`` effective weights. ``share`` is this rank's share of the global batch (torchrun)."""
+        has one) and the ``(k,)`` effective weights. ``share`` is this rank's share of the global batch (torchrun).
+        With CUDA graphs in use, a replay of the captured step (:meth:`_captured_step`) where one is ready."""
         if not self.model.training:  # only evaluate() switches modes; walking every module each step costs ~2 %
             self.model.train()
+        if self.graphs is not None:
+            factors = self.schedule.factors(self.step, self.step / self.steps_per_epoch)
+            return self.graphs.step(self.step + 1, inputs, targets, factors)
+        return self._eager_step(inputs, targets, share)
+
+    def _eager_step(self, inputs: Tensor, targets: dict[str, Tensor], share: float = 1.0) -> tuple[Tensor, Tensor]:
+        """:meth:`train_step` run op by op: it checks the losses and gradients for NaN/inf on the host before the
+        optimizer steps (``trainer.nonfinite``)."""
         self._snapshot_before_step()
         forward_rng = self._forward_rng_state()
         with self._autocast():
@@ -355,6 +403,47 @@ class Trainer:
             self.scheduler.step()
         return losses.detach(), weights.detach()
 
+    def _captured_step(self, inputs: Tensor, targets: dict[str, Tensor], factors: Tensor, host_factors: Tensor
+                       ) -> tuple[Tensor, Tensor, Tensor]:
+        """The step a CUDA graph records: :meth:`_eager_step`'s computation on the graph's static ``inputs``,
+        ``targets`` and schedule ``factors`` (``host_factors`` their values at the capture, whose zeros every replay
+        shares), with nothing read on the host: the optimizer steps whatever the losses and gradients hold, and the
+        ``(2,)`` flags "losses finite", "gradients finite" are returned with the losses and weights for the trainer to
+        read later (:meth:`_flush_steps`). No fp16 loss scaling (graphs fall back to eager steps with it)."""
+        self.optimizer.zero_grad(set_to_none=True)  # the backward then writes the graph's own gradient tensors
+        with self._autocast(cache_enabled=False):
+            z = self.model.encode(inputs)
+            outputs = self.model.decode(z, inputs)
+        losses = self.task_losses(outputs, targets)
+        ctx = StepContext(model=self.model, step=self.step, scale=self.scaler.scale, epoch=self.epoch, inputs=inputs,
+                          shared_representation=z, outputs=outputs,
+                          class_logits={task.name: task.metric.class_logits for task in self.tasks},
+                          distributed=self.distributed)
+        weights = self.weighting.backward(losses * factors, ctx) * factors
+        penalty = self.model.penalty()
+        if penalty is not None:
+            penalty.backward()
+            losses = torch.cat([losses, penalty.detach().float().reshape(1)])
+        self._freeze_switched_off_tasks(host_factors)
+        finite = torch.stack([torch.isfinite(losses).all(), self._all_finite(self._named_gradients())])
+        if self.settings.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
+        self.optimizer.step()
+        self.weighting.after_optimizer_step(ctx)
+        return losses.detach(), weights.detach(), finite
+
+    def _snapshot_for_capture(self) -> Callable[[], None]:
+        """Keep what a failed CUDA-graph capture may have changed on the host (the method's state, the RNGs); return
+        the callable that puts it back and drops any gradient the capture left."""
+        weighting, rng = copy.deepcopy(self.weighting.state_dict()), rng_state()
+
+        def restore() -> None:
+            self.weighting.load_state_dict(weighting)
+            restore_rng_state(rng)
+            self.optimizer.zero_grad(set_to_none=True)
+
+        return restore
+
     def _snapshot_before_step(self) -> None:
         """Keep what a step that is left out must put back. ``trainer.nonfinite=skip``: the model's buffers
         (BatchNorm's statistics), the global RNG states (dropout masks, methods that draw from them) and the
@@ -373,11 +462,16 @@ class Trainer:
         return [(name, p.grad) for name, p in named if p.grad is not None]
 
     @staticmethod
-    def _gradients_finite(named: list[tuple[str, Tensor]]) -> bool:
-        """Whether every gradient is finite: one fused max-abs over all of them (NaN and inf propagate through it
-        and, unlike a 2-norm, it cannot overflow), read with one device sync. Under fp16 this is the sync GradScaler
-        makes anyway to decide whether to step, so it adds no stall."""
-        return bool(torch.isfinite(torch.stack(torch._foreach_norm([grad for _, grad in named], math.inf))).all())
+    def _all_finite(named: list[tuple[str, Tensor]]) -> Tensor:
+        """A 0-dim bool tensor: whether every gradient is finite, from one fused max-abs over all of them (NaN and inf
+        propagate through it and, unlike a 2-norm, it cannot overflow)."""
+        return torch.isfinite(torch.stack(torch._foreach_norm([grad for _, grad in named], math.inf))).all()
+
+    @classmethod
+    def _gradients_finite(cls, named: list[tuple[str, Tensor]]) -> bool:
+        """:meth:`_all_finite` read with one device sync. Under fp16 this is the sync GradScaler makes anyway to decide
+        whether to step, so it adds no stall."""
+        return bool(cls._all_finite(named))
 
     def _freeze_switched_off_tasks(self, factors: Tensor) -> None:
         """Drop the gradients of the own parameters of every task the schedule switched off in this step (factor 0,
@@ -402,11 +496,7 @@ class Trainer:
         what :meth:`_snapshot_before_step` kept (so model, method and RNGs are as if the batch had not been drawn)
         and goes on; ``abort`` sets :attr:`abort_reason`, which :meth:`fit` raises once the row is written."""
         if self.settings.nonfinite == "abort":
-            self.abort_reason = (
-                f"{what} is not finite at step {self.step + 1} (trainer.nonfinite=abort); try a lower optimizer.lr, "
-                "trainer.grad_clip=1.0 or trainer.amp=none, or trainer.nonfinite=skip to skip such steps. "
-                f"The rows up to this step and the last checkpoint are in {self.writer.output_dir}"
-            )
+            self.abort_reason = self._abort_message(what, self.step + 1)
         else:
             self.skipped_steps += 1
             with torch.no_grad():
@@ -418,6 +508,11 @@ class Trainer:
                 self.scheduler.step()
         losses = torch.cat([losses.detach(), losses.new_full((len(self.writer.loss_names) - len(losses),), math.nan)])
         return losses, torch.full((len(self.tasks),), math.nan, device=self.device)
+
+    def _abort_message(self, what: str, step: int) -> str:
+        return (f"{what} is not finite at step {step} (trainer.nonfinite=abort); try a lower optimizer.lr, "
+                "trainer.grad_clip=1.0 or trainer.amp=none, or trainer.nonfinite=skip to skip such steps. "
+                f"The rows up to this step and the last checkpoint are in {self.writer.output_dir}")
 
     @torch.no_grad()
     def evaluate(self, split_name: str) -> Metrics:
@@ -447,17 +542,25 @@ class Trainer:
                     self.best[task.name][name] = {"value": value, "step": self.step, "epoch": self.epoch}
 
     def _flush_steps(self, pending: list[tuple[int, Tensor, Tensor]], progress: TrainingProgress) -> None:
-        """Write buffered per-step losses/weights (one device sync) and the diagnostics' rows."""
+        """Write buffered per-step losses/weights (one device sync) and the diagnostics' rows. With CUDA graphs, first
+        read whether the replayed steps were finite: under ``trainer.nonfinite=abort`` the rows after the first that
+        was not are dropped and, once the rows up to it are written, :class:`NonFiniteLossError` is raised."""
+        non_finite = self.graphs.first_non_finite() if self.graphs is not None else None
+        if non_finite is not None:
+            step, what = non_finite
+            pending[:] = [row for row in pending if row[0] <= step]
+            self.abort_reason = self._abort_message(what, step)
         if self.diagnostics is not None:
             self.diagnostics.flush(self.writer)
-        if not pending:
-            return
-        steps = [s for s, _, _ in pending]
-        losses = torch.stack([l for _, l, _ in pending]).cpu()
-        weights = torch.stack([w for _, _, w in pending]).float().cpu()
-        self.writer.log_steps(steps, losses, weights)
-        pending.clear()
-        progress.update(steps[-1], losses[-1, :len(self.tasks)].tolist(), weights[-1].tolist())
+        if pending:
+            steps = [s for s, _, _ in pending]
+            losses = torch.stack([l for _, l, _ in pending]).cpu()
+            weights = torch.stack([w for _, _, w in pending]).float().cpu()
+            self.writer.log_steps(steps, losses, weights)
+            pending.clear()
+            progress.update(steps[-1], losses[-1, :len(self.tasks)].tolist(), weights[-1].tolist())
+        if non_finite is not None:
+            raise NonFiniteLossError(self.abort_reason)
 
     def _select(self, metrics: Metrics) -> None:
         """``trainer.model_selection=best_val`` (Kurin et al., NeurIPS 2022: "model chosen by validation accuracy"):
@@ -492,8 +595,9 @@ class Trainer:
         """Everything needed to inspect the run or continue it exactly (:meth:`load_checkpoint_state`)."""
         return {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            # a run with CUDA graphs keeps learning rates as device tensors; its checkpoint has them as floats
+            "optimizer": (plain_optimizer_state if self.graphs else dict)(self.optimizer.state_dict()),
+            "scheduler": (plain_scheduler_state if self.graphs else dict)(self.scheduler.state_dict()),
             "scaler": self.scaler.state_dict(),
             "weighting": self.weighting.state_dict(),
             "rng": rng_state(),
@@ -613,4 +717,12 @@ class Trainer:
             "data_loading": self.placement.summary(self.settings.num_workers, self.settings.prefetch_factor,
                                                    self.pin_memory),
             **({"selected": self.selected} if self.selected is not None else {}),
+            **({"cuda_graphs": self.cuda_graphs_summary()} if self.settings.cuda_graphs else {}),
         }
+
+    def cuda_graphs_summary(self) -> dict:
+        """summary.json's ``cuda_graphs``: whether replays ran, the reason for eager steps, and the step counts."""
+        if self.graphs is None:
+            return {"used": False, "fallback": self.cuda_graph_fallback, "graphs": 0, "graphed_steps": 0,
+                    "eager_steps": self.step}
+        return self.graphs.summary()

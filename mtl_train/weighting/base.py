@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 from dataclasses import dataclass, field
 
 import torch
@@ -87,7 +88,18 @@ def normalise_over_active(scores: Tensor, active: Tensor) -> Tensor:
 
 
 class Weighting(nn.Module, ABC):
-    """Base class of loss-weighting methods (see the module docstring for the contract)."""
+    """Base class of loss-weighting methods (see the module docstring for the contract).
+
+    ``cuda_graph_safe``: whether a step of the method may be recorded once as a CUDA graph and replayed
+    (``trainer.cuda_graphs=true``, :mod:`mtl_train.engine.cuda_graphs`). A replay runs the recorded kernels only, so a
+    method is safe when its ``backward`` and ``after_optimizer_step`` read no tensor value on the host, ignore
+    ``ctx.step``, ``ctx.epoch`` and ``ctx.recompute_losses``, draw random numbers only from the device's global
+    generator, and keep all state that changes between steps in its tensors, updated in place (also in
+    ``after_epoch`` and ``after_evaluation``). False by default, so a method of one's own runs eagerly until marked;
+    ``tests/weighting/test_cuda_graph_safety.py`` checks every method that is marked.
+    """
+
+    cuda_graph_safe: ClassVar[bool] = False
 
     def __init__(self, task_names: Sequence[str], lr: float | None = None) -> None:
         super().__init__()

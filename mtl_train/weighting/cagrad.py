@@ -127,6 +127,8 @@ def cagrad_weights(gram: Tensor, c: float = 0.4, rescale: bool = True, iteration
 class CAGrad(GradientWeighting):
     """Conflict-averse gradient descent (see the module docstring)."""
 
+    cuda_graph_safe = True  # tests/weighting/test_cuda_graph_safety.py
+
     def __init__(
         self,
         task_names: Sequence[str],

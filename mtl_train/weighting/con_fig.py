@@ -64,6 +64,8 @@ def con_fig_weights(gram: Tensor, tolerance: float = 1e-12, active: Tensor | Non
 class ConFIG(GradientWeighting):
     """The equal-cosine direction with the length of the summed projections (see the module docstring)."""
 
+    cuda_graph_safe = True  # tests/weighting/test_cuda_graph_safety.py
+
     def aggregate(self, grads: Tensor, losses: Tensor) -> Aggregation:
         weights = con_fig_weights(gramian(grads), rank_tolerance(grads), active_tasks(losses))
         return weighted_sum(grads, weights.to(grads.dtype))

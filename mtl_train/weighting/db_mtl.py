@@ -48,6 +48,8 @@ def db_mtl_direction(ema_grads: Tensor, eps: float = 1e-8, active: Tensor | None
 class DBMTL(GradientWeighting):
     """Log losses plus EMA gradients rescaled to the largest norm (see the module docstring)."""
 
+    cuda_graph_safe = True  # tests/weighting/test_cuda_graph_safety.py
+
     def __init__(
         self,
         task_names: Sequence[str],

@@ -84,6 +84,8 @@ def dualproj_weights(gram: Tensor, active: Tensor | None = None, normalization: 
 class DualProj(GradientWeighting):
     """The mean gradient projected onto the dual cone of the task gradients (see the module docstring)."""
 
+    cuda_graph_safe = True  # tests/weighting/test_cuda_graph_safety.py
+
     def __init__(
         self,
         task_names: Sequence[str],

@@ -38,6 +38,8 @@ def dwa_weights(previous: Tensor, before_previous: Tensor, temperature: float) -
 class DynamicWeightAverage(Weighting):
     """Weights from the ratio of the last two epoch-average losses (see the module docstring)."""
 
+    cuda_graph_safe = True  # tests/weighting/test_cuda_graph_safety.py
+
     def __init__(self, task_names: Sequence[str], temperature: float = 2.0) -> None:
         super().__init__(task_names)
         if not temperature > 0:

@@ -16,6 +16,8 @@ from mtl_train.weighting.base import StepContext, Weighting, active_tasks
 class EqualWeighting(Weighting):
     """Every active task loss with weight 1."""
 
+    cuda_graph_safe = True  # tests/weighting/test_cuda_graph_safety.py
+
     def backward(self, losses: Tensor, ctx: StepContext) -> Tensor:
         ctx.scale(losses.sum()).backward()
         return active_tasks(losses).to(losses.dtype)

@@ -141,6 +141,8 @@ def fairgrad_weights(gram: Tensor, alpha: float = 1.0, iterations: int = 20, eps
 class FairGrad(GradientWeighting):
     """alpha-fair gradient weights, (G G^T) w = w^(-1/alpha) (see the module docstring)."""
 
+    cuda_graph_safe = True  # tests/weighting/test_cuda_graph_safety.py
+
     def __init__(
         self,
         task_names: Sequence[str],

@@ -37,6 +37,8 @@ def geometric_mean_loss(losses: Tensor) -> tuple[Tensor, Tensor]:
 class GeometricLossStrategy(Weighting):
     """The geometric mean of the task losses (see the module docstring)."""
 
+    cuda_graph_safe = True  # tests/weighting/test_cuda_graph_safety.py
+
     def backward(self, losses: Tensor, ctx: StepContext) -> Tensor:
         total, weights = geometric_mean_loss(losses)
         ctx.scale(total).backward()

@@ -40,6 +40,8 @@ def grad_norm_proportional_weights(gram: Tensor, active: Tensor | None = None) -
 class GradNormProportional(GradientWeighting):
     """Weights proportional to the per-task gradient norms (see the module docstring)."""
 
+    cuda_graph_safe = True  # tests/weighting/test_cuda_graph_safety.py
+
     def __init__(self, task_names: Sequence[str], mode: str = "params", jacobian: str = "auto",
                  weight_ema: float = 0.0) -> None:
         super().__init__(task_names, mode=mode, jacobian=jacobian, weight_ema=weight_ema)

@@ -59,6 +59,8 @@ def gradnorm_loss(weights: Tensor, grads: Tensor, loss_ratios: Tensor, alpha: fl
 class GradNorm(Weighting):
     """Weights learned so that every task trains at a similar rate (see the module docstring)."""
 
+    cuda_graph_safe = True  # tests/weighting/test_cuda_graph_safety.py
+
     def __init__(
         self,
         task_names: Sequence[str],

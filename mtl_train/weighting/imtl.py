@@ -93,6 +93,8 @@ def imtl_g_weights(gram: Tensor, tolerance: float = 1e-12) -> Tensor:
 class IMTL(GradientWeighting):
     """Impartial multi-task learning, IMTL-L + IMTL-G (see the module docstring)."""
 
+    cuda_graph_safe = True  # tests/weighting/test_cuda_graph_safety.py
+
     def __init__(
         self,
         task_names: Sequence[str],

@@ -33,6 +33,8 @@ def inverse_loss_weights(losses: Tensor, eps: float = 1e-8) -> Tensor:
 class InverseLossWeighting(Weighting):
     """Weights proportional to 1/L_i, summing to k (see the module docstring)."""
 
+    cuda_graph_safe = True  # tests/weighting/test_cuda_graph_safety.py
+
     def __init__(self, task_names: Sequence[str], eps: float = 1e-8) -> None:
         super().__init__(task_names)
         if not eps > 0:

@@ -46,6 +46,8 @@ def loss_ratio_weights(losses: Tensor, initial_losses: Tensor, alpha: float, eps
 class LossRatioWeighting(Weighting):
     """Weights from the loss ratios L(t)/L(0) and the initial loss scales (see the module docstring)."""
 
+    cuda_graph_safe = True  # tests/weighting/test_cuda_graph_safety.py
+
     def __init__(self, task_names: Sequence[str], alpha: float = 1.0, eps: float = 1e-8) -> None:
         super().__init__(task_names)
         if not alpha >= 0:

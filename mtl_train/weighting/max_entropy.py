@@ -36,6 +36,8 @@ def mean_entropy(logits: Tensor) -> Tensor:
 class MaxEntropyWeighting(Weighting):
     """w_i proportional to the mean predictive entropy of task i, normalised to sum to 1."""
 
+    cuda_graph_safe = True  # tests/weighting/test_cuda_graph_safety.py
+
     def __init__(self, task_names: Sequence[str], eps: float = 1e-8) -> None:
         super().__init__(task_names)
         if not eps > 0:

@@ -51,6 +51,8 @@ from mtl_train.weighting.base import StepContext, Weighting, active_tasks, share
 class MCDropoutWeighting(Weighting):
     """w_i proportional to the MC-dropout predictive variance of task i, normalised to sum to 1."""
 
+    cuda_graph_safe = True  # tests/weighting/test_cuda_graph_safety.py
+
     def __init__(self, task_names: Sequence[str], num_samples: int = 8, dropout: float = 0.1, eps: float = 1e-8) -> None:
         super().__init__(task_names)
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:

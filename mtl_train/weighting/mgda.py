@@ -86,6 +86,8 @@ def mgda_weights(gram: Tensor, iterations: int = 15, active: Tensor | None = Non
 class MGDA(GradientWeighting):
     """Min-norm convex combination of the task gradients (see the module docstring)."""
 
+    cuda_graph_safe = True  # tests/weighting/test_cuda_graph_safety.py
+
     def __init__(
         self,
         task_names: Sequence[str],

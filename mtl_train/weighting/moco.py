@@ -77,6 +77,8 @@ def moco_lambda_step(tracked_gram: Tensor, weights: Tensor, gamma: Tensor, rho: 
 class MoCo(GradientWeighting):
     """Tracked gradients and one simplex step of the weights per training step (see the module docstring)."""
 
+    cuda_graph_safe = True  # tests/weighting/test_cuda_graph_safety.py
+
     def __init__(
         self,
         task_names: Sequence[str],

@@ -52,6 +52,8 @@ def modo_weights(weights: Tensor, cross: Tensor, gamma: float, rho: float, activ
 class MoDo(SubBatchGradientWeighting):
     """Double-sampling projected gradient step on the weights (see the module docstring)."""
 
+    cuda_graph_safe = True  # tests/weighting/test_cuda_graph_safety.py
+
     def __init__(
         self,
         task_names: Sequence[str],

@@ -90,6 +90,8 @@ def pcd_weights(gram: Tensor, scales: Tensor, primary: int, tau: Tensor) -> Tens
 class PCD(GradientWeighting):
     """The update closest to the primary task's gradient that keeps every other task descending (module docstring)."""
 
+    cuda_graph_safe = True  # tests/weighting/test_cuda_graph_safety.py
+
     def __init__(
         self,
         task_names: Sequence[str],

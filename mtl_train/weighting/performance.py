@@ -62,6 +62,8 @@ def performance_weights(kpi: Tensor, mode: str, gamma: float) -> Tensor:
 class PerformanceWeighting(Weighting):
     """Weights from the latest validation KPIs: ``mode`` direct (w proportional to KPI) or inverse (DTP-style)."""
 
+    cuda_graph_safe = True  # tests/weighting/test_cuda_graph_safety.py
+
     def __init__(
         self,
         task_names: Sequence[str],

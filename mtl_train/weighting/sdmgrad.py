@@ -73,6 +73,8 @@ def sdmgrad_weights(cross: Tensor, start: Tensor, lamda: float = 0.3, lr: float 
 class SDMGrad(SubBatchGradientWeighting):
     """Direction-oriented stochastic MGDA with a warm-started inner solver (see the module docstring)."""
 
+    cuda_graph_safe = True  # tests/weighting/test_cuda_graph_safety.py
+
     def __init__(
         self,
         task_names: Sequence[str],

@@ -20,6 +20,8 @@ class StaticWeighting(Weighting):
     """Fixed weights: a mapping task -> weight (unnamed tasks get ``default_weight``), a list in task order, or
     None (every task gets ``default_weight``)."""
 
+    cuda_graph_safe = True  # tests/weighting/test_cuda_graph_safety.py
+
     def __init__(
         self,
         task_names: Sequence[str],

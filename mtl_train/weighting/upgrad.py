@@ -131,6 +131,8 @@ def upgrad_projection_weights(gram: Tensor, norm_eps: float = 1e-4, reg_eps: flo
 class UPGrad(GradientWeighting):
     """The mean of the rows of G, each projected onto the dual cone of all rows (see the module docstring)."""
 
+    cuda_graph_safe = True  # tests/weighting/test_cuda_graph_safety.py
+
     def __init__(
         self,
         task_names: Sequence[str],

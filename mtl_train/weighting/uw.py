@@ -34,6 +34,8 @@ def uncertainty_weights(log_variances: Tensor, form: str) -> Tensor:
 class UncertaintyWeighting(Weighting):
     """Learned per-task log-variances; ``form`` is ``"regression"`` or ``"classification"``."""
 
+    cuda_graph_safe = True  # tests/weighting/test_cuda_graph_safety.py
+
     def __init__(self, task_names: Sequence[str], form: str = "regression", init_log_variance: float = 0.0, lr: float | None = 0.025) -> None:
         super().__init__(task_names, lr=lr)
         if form not in _LOSS_FACTOR:

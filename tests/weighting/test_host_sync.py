@@ -91,6 +91,7 @@ def test_the_sources_copy_nothing_to_the_host() -> None:
             assert not reads, f"{module}.{function.name} calls {reads}"
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize(("name", "mode"), CASES)
 def test_no_host_synchronisation_on_cuda(name: str, mode: str) -> None:
