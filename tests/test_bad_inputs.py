@@ -28,7 +28,8 @@ BAD_INPUTS = [
      "error: trainer.max_epoch is not a trainer setting; valid keys: amp, batch_size, "),
     ("unknown top-level key", ["+sed=1"], "error: sed is not a top-level setting; valid keys: backbone, baselines, "),
     ("unknown method key", ["weighting=gradnorm", "+weighting.alpah=1"],
-     "error: weighting.alpah is not a setting of GradNorm; valid keys: alpha, gradient_params, jacobian, lr"),
+     "error: weighting.alpah is not a setting of GradNorm; valid keys: alpha, gradient_params, jacobian, "
+     "jacobian_chunk, lr"),
     ("method value of the wrong type", ["weighting=gradnorm", "weighting.alpha=abc"],
      "error: weighting.alpha='abc' must be a float (number), e.g. weighting.alpha=1.5"),
     ("dataset value of the wrong type", ["dataset.seed=abc"], "error: dataset.seed='abc' must be an integer"),

@@ -84,9 +84,10 @@ class AlignedMTL(GradientWeighting):
         task_weights: Mapping[str, float] | Sequence[float] | None = None,
         mode: str = "params",
         jacobian: str = "auto",
+        jacobian_chunk: int | None = None,
         weight_ema: float = 0.0,
     ) -> None:
-        super().__init__(task_names, mode=mode, jacobian=jacobian, weight_ema=weight_ema)
+        super().__init__(task_names, mode=mode, jacobian=jacobian, jacobian_chunk=jacobian_chunk, weight_ema=weight_ema)
         if scale_mode not in SCALE_MODES:
             raise ConfigError(f"weighting.scale_mode must be one of {list(SCALE_MODES)}, got {scale_mode!r}")
         self.scale_mode = scale_mode

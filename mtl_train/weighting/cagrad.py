@@ -137,9 +137,10 @@ class CAGrad(GradientWeighting):
         mode: str = "params",
         iterations: int = 15,
         jacobian: str = "auto",
+        jacobian_chunk: int | None = None,
         weight_ema: float = 0.0,
     ) -> None:
-        super().__init__(task_names, mode=mode, jacobian=jacobian, weight_ema=weight_ema)
+        super().__init__(task_names, mode=mode, jacobian=jacobian, jacobian_chunk=jacobian_chunk, weight_ema=weight_ema)
         if not c >= 0:
             raise ConfigError(f"weighting.c must be >= 0, got {c}")
         if not isinstance(rescale, bool):

@@ -58,12 +58,13 @@ class DBMTL(GradientWeighting):
         eps: float = 1e-8,
         mode: str = "params",
         jacobian: str = "auto",
+        jacobian_chunk: int | None = None,
         weight_ema: float = 0.0,
     ) -> None:
         if mode != "params":
             raise ConfigError(f"weighting.mode must be 'params' for DB-MTL (an EMA of gradients w.r.t. the shared "
                               f"representation would mix different batches' samples), got {mode!r}")
-        super().__init__(task_names, mode=mode, jacobian=jacobian, weight_ema=weight_ema)
+        super().__init__(task_names, mode=mode, jacobian=jacobian, jacobian_chunk=jacobian_chunk, weight_ema=weight_ema)
         if not 0 <= beta <= 1:
             raise ConfigError(f"weighting.beta must be in [0, 1], got {beta}")
         if not beta_sigma >= 0:

@@ -95,9 +95,10 @@ class DualProj(GradientWeighting):
         iterations: int = 20,
         mode: str = "params",
         jacobian: str = "auto",
+        jacobian_chunk: int | None = None,
         weight_ema: float = 0.0,
     ) -> None:
-        super().__init__(task_names, mode=mode, jacobian=jacobian, weight_ema=weight_ema)
+        super().__init__(task_names, mode=mode, jacobian=jacobian, jacobian_chunk=jacobian_chunk, weight_ema=weight_ema)
         if normalization not in NORMALIZATIONS:
             raise ConfigError(f"weighting.normalization must be 'unit' (exact projection) or 'trace' (torchjd), "
                               f"got {normalization!r}")

@@ -77,13 +77,14 @@ class ExcessMTL(GradientWeighting):
         eps: float = 1e-7,
         mode: str = "params",
         jacobian: str = "auto",
+        jacobian_chunk: int | None = None,
         weight_ema: float = 0.0,
     ) -> None:
         if mode != "params":
             raise ConfigError(f"weighting.mode must be 'params' for ExcessMTL (it accumulates squared gradients per "
                               f"coordinate across steps; gradients w.r.t. the shared representation are per sample), "
                               f"got {mode!r}")
-        super().__init__(task_names, mode=mode, jacobian=jacobian, weight_ema=weight_ema)
+        super().__init__(task_names, mode=mode, jacobian=jacobian, jacobian_chunk=jacobian_chunk, weight_ema=weight_ema)
         if not robust_step_size > 0:
             raise ConfigError(f"weighting.robust_step_size must be > 0, got {robust_step_size}")
         if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:

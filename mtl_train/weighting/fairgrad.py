@@ -151,9 +151,10 @@ class FairGrad(GradientWeighting):
         eps: float = 1e-8,
         mode: str = "params",
         jacobian: str = "auto",
+        jacobian_chunk: int | None = None,
         weight_ema: float = 0.0,
     ) -> None:
-        super().__init__(task_names, mode=mode, jacobian=jacobian, weight_ema=weight_ema)
+        super().__init__(task_names, mode=mode, jacobian=jacobian, jacobian_chunk=jacobian_chunk, weight_ema=weight_ema)
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < float("inf"):
             raise ConfigError(f"weighting.alpha must be a number > 0 (1: proportional fairness, 2: the authors' "
                               f"runs), got {alpha!r}")

@@ -43,8 +43,8 @@ class GradNormProportional(GradientWeighting):
     cuda_graph_safe = True  # tests/weighting/test_cuda_graph_safety.py
 
     def __init__(self, task_names: Sequence[str], mode: str = "params", jacobian: str = "auto",
-                 weight_ema: float = 0.0) -> None:
-        super().__init__(task_names, mode=mode, jacobian=jacobian, weight_ema=weight_ema)
+                 jacobian_chunk: int | None = None, weight_ema: float = 0.0) -> None:
+        super().__init__(task_names, mode=mode, jacobian=jacobian, jacobian_chunk=jacobian_chunk, weight_ema=weight_ema)
 
     def aggregate(self, grads: Tensor, losses: Tensor) -> Aggregation:
         weights = grad_norm_proportional_weights(gramian(grads), active_tasks(losses)).to(grads.dtype)

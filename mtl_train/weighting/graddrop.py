@@ -94,8 +94,9 @@ class GradDrop(GradientWeighting):
     """Gradient sign dropout at the shared representation or on the parameter gradients (module docstring)."""
 
     def __init__(self, task_names: Sequence[str], leak: float | Sequence[float] = 0.0, seed: int = 0,
-                 mode: str = "rep", jacobian: str = "auto", weight_ema: float = 0.0) -> None:
-        super().__init__(task_names, mode=mode, jacobian=jacobian, weight_ema=weight_ema)
+                 mode: str = "rep", jacobian: str = "auto", jacobian_chunk: int | None = None,
+                 weight_ema: float = 0.0) -> None:
+        super().__init__(task_names, mode=mode, jacobian=jacobian, jacobian_chunk=jacobian_chunk, weight_ema=weight_ema)
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ConfigError(f"weighting.seed must be an integer, got {seed!r}")
         self.seed = seed

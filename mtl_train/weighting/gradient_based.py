@@ -19,7 +19,8 @@ torchrun, G is first reduced over the ranks (:meth:`mtl_train.engine.distributed
 each rank applies its part of d.
 
 ``jacobian`` (every gradient method's config): ``auto`` | ``batched`` | ``loop``, how the trunk backwards of
-``params`` mode run; see :mod:`mtl_train.weighting.gradients`.
+``params`` mode run; ``jacobian_chunk``: null | an integer >= 1, the most cotangents per batched trunk backward
+(null: as many as fit in GPU memory); see :mod:`mtl_train.weighting.gradients`.
 
 ``weight_ema`` (every gradient method's config; 0 = off, the default): CR-MOGM, Zhou, Zhang, Jiang, Zhong, Gu & Zhu,
 "On the Convergence of Stochastic Multi-Objective Gradient Manipulation and Beyond", NeurIPS 2022. Weights computed
@@ -85,13 +86,13 @@ class GradientWeighting(Weighting):
     """Base class of gradient-combination methods; subclasses implement :meth:`aggregate`."""
 
     def __init__(self, task_names: Sequence[str], mode: str = "params", jacobian: str = "auto",
-                 lr: float | None = None, weight_ema: float = 0.0) -> None:
+                 jacobian_chunk: int | None = None, lr: float | None = None, weight_ema: float = 0.0) -> None:
         super().__init__(task_names, lr=lr)
         if mode not in MODES:
             raise ConfigError(f"weighting.mode must be 'params' (shared parameters) or 'rep' (shared representation), "
                               f"got {mode!r}")
         self.mode = mode
-        self.trunk_jacobian = TrunkJacobian(jacobian)
+        self.trunk_jacobian = TrunkJacobian(jacobian, jacobian_chunk)
         self.set_weight_ema(weight_ema)
 
     def set_weight_ema(self, weight_ema: float) -> None:
@@ -262,8 +263,10 @@ class SubBatchGradientWeighting(GradientWeighting):
     """
 
     def __init__(self, task_names: Sequence[str], sampling: str = "three", mode: str = "params",
-                 jacobian: str = "auto", lr: float | None = None, weight_ema: float = 0.0) -> None:
-        super().__init__(task_names, mode=mode, jacobian=jacobian, lr=lr, weight_ema=weight_ema)
+                 jacobian: str = "auto", jacobian_chunk: int | None = None, lr: float | None = None,
+                 weight_ema: float = 0.0) -> None:
+        super().__init__(task_names, mode=mode, jacobian=jacobian, jacobian_chunk=jacobian_chunk, lr=lr,
+                         weight_ema=weight_ema)
         if sampling not in SAMPLINGS:
             raise ConfigError(f"weighting.sampling must be one of {', '.join(SAMPLINGS)} (parts of the batch: two "
                               f"for the weights, one for the update | two, both for the update | no split), "

@@ -68,6 +68,7 @@ class GradNorm(Weighting):
         lr: float | None = 0.025,
         gradient_params: str = "last_shared_layer",
         jacobian: str = "auto",
+        jacobian_chunk: int | None = None,
     ) -> None:
         super().__init__(task_names, lr=lr)
         if not alpha >= 0:
@@ -77,7 +78,7 @@ class GradNorm(Weighting):
                               f"got {gradient_params!r}")
         self.alpha = alpha
         self.gradient_params = gradient_params
-        self.trunk_jacobian = TrunkJacobian(jacobian)
+        self.trunk_jacobian = TrunkJacobian(jacobian, jacobian_chunk)
         k = len(self.task_names)
         self.weights = nn.Parameter(torch.ones(k))
         self.register_buffer("initial_losses", torch.zeros(k))

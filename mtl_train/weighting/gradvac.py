@@ -102,9 +102,10 @@ class GradVac(GradientWeighting):
         eps: float = 1e-8,
         mode: str = "params",
         jacobian: str = "auto",
+        jacobian_chunk: int | None = None,
         weight_ema: float = 0.0,
     ) -> None:
-        super().__init__(task_names, mode=mode, jacobian=jacobian, weight_ema=weight_ema)
+        super().__init__(task_names, mode=mode, jacobian=jacobian, jacobian_chunk=jacobian_chunk, weight_ema=weight_ema)
         if not 0 <= beta <= 1:
             raise ConfigError(f"weighting.beta must be in [0, 1], got {beta}")
         if ema_update not in EMA_UPDATES:

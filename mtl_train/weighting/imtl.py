@@ -101,10 +101,12 @@ class IMTL(GradientWeighting):
         loss_balance: bool = True,
         mode: str = "params",
         jacobian: str = "auto",
+        jacobian_chunk: int | None = None,
         weight_ema: float = 0.0,
         lr: float | None = None,
     ) -> None:
-        super().__init__(task_names, mode=mode, jacobian=jacobian, lr=lr, weight_ema=weight_ema)
+        super().__init__(task_names, mode=mode, jacobian=jacobian, jacobian_chunk=jacobian_chunk, lr=lr,
+                         weight_ema=weight_ema)
         if not isinstance(loss_balance, bool):
             raise ConfigError(f"weighting.loss_balance must be true or false, got {loss_balance!r}")
         self.loss_balance = loss_balance

@@ -95,9 +95,10 @@ class MGDA(GradientWeighting):
         mode: str = "rep",
         iterations: int = 15,
         jacobian: str = "auto",
+        jacobian_chunk: int | None = None,
         weight_ema: float = 0.0,
     ) -> None:
-        super().__init__(task_names, mode=mode, jacobian=jacobian, weight_ema=weight_ema)
+        super().__init__(task_names, mode=mode, jacobian=jacobian, jacobian_chunk=jacobian_chunk, weight_ema=weight_ema)
         if normalization not in NORMALIZATIONS:
             raise ConfigError(f"weighting.normalization must be one of {', '.join(NORMALIZATIONS)}, "
                               f"got {normalization!r}")

@@ -62,9 +62,11 @@ class MoDo(SubBatchGradientWeighting):
         sampling: str = "three",
         mode: str = "params",
         jacobian: str = "auto",
+        jacobian_chunk: int | None = None,
         weight_ema: float = 0.0,
     ) -> None:
-        super().__init__(task_names, sampling=sampling, mode=mode, jacobian=jacobian, weight_ema=weight_ema)
+        super().__init__(task_names, sampling=sampling, mode=mode, jacobian=jacobian, jacobian_chunk=jacobian_chunk,
+                         weight_ema=weight_ema)
         if not gamma >= 0:
             raise ConfigError(f"weighting.gamma must be >= 0 (the weights' step size, e.g. 0.1), got {gamma}")
         if not rho >= 0:

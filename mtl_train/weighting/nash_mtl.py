@@ -159,9 +159,10 @@ class NashMTL(GradientWeighting):
         tolerance: float = 1e-12,
         mode: str = "params",
         jacobian: str = "auto",
+        jacobian_chunk: int | None = None,
         weight_ema: float = 0.0,
     ) -> None:
-        super().__init__(task_names, mode=mode, jacobian=jacobian, weight_ema=weight_ema)
+        super().__init__(task_names, mode=mode, jacobian=jacobian, jacobian_chunk=jacobian_chunk, weight_ema=weight_ema)
         if not (isinstance(update_weights_every, int) and update_weights_every >= 1):
             raise ConfigError(f"weighting.update_weights_every must be an integer >= 1, got {update_weights_every!r}")
         if update_weights_every > 1 and weight_ema > 0:

@@ -101,9 +101,10 @@ class PCD(GradientWeighting):
         eps: float = 1e-8,
         mode: str = "params",
         jacobian: str = "auto",
+        jacobian_chunk: int | None = None,
         weight_ema: float = 0.0,
     ) -> None:
-        super().__init__(task_names, mode=mode, jacobian=jacobian, weight_ema=weight_ema)
+        super().__init__(task_names, mode=mode, jacobian=jacobian, jacobian_chunk=jacobian_chunk, weight_ema=weight_ema)
         if primary is not None and primary not in self.task_names:
             raise ConfigError(f"weighting.primary must be one of the tasks {self.task_names} (or null for the first), "
                               f"got {primary!r}")

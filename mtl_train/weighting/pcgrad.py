@@ -87,8 +87,9 @@ class PCGrad(GradientWeighting):
     """Projecting conflicting gradients (see the module docstring)."""
 
     def __init__(self, task_names: Sequence[str], reduction: str = "sum", seed: int = 0, mode: str = "params",
-                 jacobian: str = "auto", weight_ema: float = 0.0) -> None:
-        super().__init__(task_names, mode=mode, jacobian=jacobian, weight_ema=weight_ema)
+                 jacobian: str = "auto", jacobian_chunk: int | None = None,
+                 weight_ema: float = 0.0) -> None:
+        super().__init__(task_names, mode=mode, jacobian=jacobian, jacobian_chunk=jacobian_chunk, weight_ema=weight_ema)
         if reduction not in REDUCTIONS:
             raise ConfigError(f"weighting.reduction must be 'sum' or 'mean', got {reduction!r}")
         if not isinstance(seed, int) or isinstance(seed, bool):

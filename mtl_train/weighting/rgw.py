@@ -43,8 +43,9 @@ class RandomGradientWeighting(GradientWeighting):
     """Random simplex weights on the per-task gradients, redrawn every step (see the module docstring)."""
 
     def __init__(self, task_names: Sequence[str], distribution: str = "normal", seed: int = 0, mode: str = "params",
-                 jacobian: str = "auto", weight_ema: float = 0.0) -> None:
-        super().__init__(task_names, mode=mode, jacobian=jacobian, weight_ema=weight_ema)
+                 jacobian: str = "auto", jacobian_chunk: int | None = None,
+                 weight_ema: float = 0.0) -> None:
+        super().__init__(task_names, mode=mode, jacobian=jacobian, jacobian_chunk=jacobian_chunk, weight_ema=weight_ema)
         if distribution not in DISTRIBUTIONS:
             raise ConfigError(f"weighting.distribution must be 'normal' or 'dirichlet', got {distribution!r}")
         if not isinstance(seed, int) or isinstance(seed, bool):

@@ -85,9 +85,11 @@ class SDMGrad(SubBatchGradientWeighting):
         sampling: str = "three",
         mode: str = "params",
         jacobian: str = "auto",
+        jacobian_chunk: int | None = None,
         weight_ema: float = 0.0,
     ) -> None:
-        super().__init__(task_names, sampling=sampling, mode=mode, jacobian=jacobian, weight_ema=weight_ema)
+        super().__init__(task_names, sampling=sampling, mode=mode, jacobian=jacobian, jacobian_chunk=jacobian_chunk,
+                         weight_ema=weight_ema)
         if not lamda >= 0:
             raise ConfigError(f"weighting.lamda must be >= 0 (the pull towards the mean gradient, e.g. 0.3), "
                               f"got {lamda}")

@@ -141,9 +141,10 @@ class UPGrad(GradientWeighting):
         iterations: int = 20,
         mode: str = "params",
         jacobian: str = "auto",
+        jacobian_chunk: int | None = None,
         weight_ema: float = 0.0,
     ) -> None:
-        super().__init__(task_names, mode=mode, jacobian=jacobian, weight_ema=weight_ema)
+        super().__init__(task_names, mode=mode, jacobian=jacobian, jacobian_chunk=jacobian_chunk, weight_ema=weight_ema)
         if not norm_eps >= 0:
             raise ConfigError(f"weighting.norm_eps must be >= 0, got {norm_eps}")
         if not reg_eps > 0:

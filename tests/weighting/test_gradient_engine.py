@@ -211,3 +211,132 @@ def test_auto_batches_on_cuda_only_and_the_option_is_validated() -> None:
         TrunkJacobian("vmap")
     assert all(isinstance(weighting(name), GradientWeighting) or name == "gradnorm" for name in WEIGHTINGS)
     assert {"cagrad", "gradnorm", "mgda", "nash_mtl", "pcgrad", "upgrad", "fairgrad", "modo"} <= set(WEIGHTINGS)
+
+
+def record_batched_backwards(monkeypatch: pytest.MonkeyPatch, most: int | None = None) -> list[int]:
+    """Make every batched backward append its number of cotangents to the returned list; with ``most``, those of more
+    cotangents raise ``torch.OutOfMemoryError`` instead of running."""
+    sizes: list[int] = []
+    real = gradients.batched_backward
+
+    def recorded(z: torch.Tensor, params: list[torch.Tensor], cotangents: torch.Tensor) -> tuple:
+        sizes.append(cotangents.shape[0])
+        if most is not None and cotangents.shape[0] > most:
+            raise torch.OutOfMemoryError(f"{cotangents.shape[0]} cotangents do not fit")
+        return real(z, params, cotangents)
+
+    monkeypatch.setattr(gradients, "batched_backward", recorded)
+    return sizes
+
+
+def five_cotangents() -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    """z of the conv trunk with batch norm, its shared parameters, and 5 random cotangents of z."""
+    model = build("cnn_batchnorm")
+    _, ctx = step_inputs(model, (1, 16))
+    z = ctx.shared_representation
+    return z, model.shared_parameters(), torch.randn(5, *z.shape, generator=torch.Generator().manual_seed(2))
+
+
+def test_chunked_batched_backwards_give_the_rows_of_one_batched_backward_in_order(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    z, shared, cotangents = five_cotangents()
+    whole = TrunkJacobian("batched")(z, shared, cotangents)
+    loop = TrunkJacobian("loop")(z, shared, cotangents)
+    torch.testing.assert_close(whole, loop, rtol=1e-5, atol=1e-6)
+    sizes = record_batched_backwards(monkeypatch)
+    for chunk, expected_sizes in ((1, [1, 1, 1, 1, 1]), (2, [2, 2, 1]), (3, [3, 2]), (8, [5])):
+        sizes.clear()
+        chunked = TrunkJacobian("batched", chunk)(z, shared, cotangents)
+        assert sizes == expected_sizes
+        torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(chunked, loop, rtol=1e-5, atol=1e-6)
+
+
+def test_a_batched_backward_out_of_memory_is_retried_with_half_the_cotangents_and_the_size_kept(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    z, shared, cotangents = five_cotangents()
+    in_pairs = TrunkJacobian("batched", 2)(z, shared, cotangents)
+    sizes = record_batched_backwards(monkeypatch, most=2)
+    engine = TrunkJacobian("batched")  # chunk picked: all 5 rows off CUDA
+    with pytest.warns(RuntimeWarning, match="5 cotangents ran out of GPU memory; retrying with 2 per") as caught:
+        rows = engine(z, shared, cotangents)
+    assert len(caught) == 1 and "weighting.jacobian_chunk" in str(caught[0].message)
+    assert sizes == [5, 2, 2, 1] and engine.chunk_limit == 2
+    assert torch.equal(rows, in_pairs)  # the same backwards as chunks of 2 from the start
+    sizes.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(engine(z, shared, cotangents), in_pairs)
+    assert sizes == [2, 2, 1]  # starts at the size that worked, without warning again
+
+
+def test_out_of_memory_with_one_cotangent_raises_or_falls_back_to_the_loop_under_auto(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    z, shared, cotangents = five_cotangents()
+    loop = TrunkJacobian("loop")(z, shared, cotangents)
+    sizes = record_batched_backwards(monkeypatch, most=0)
+    with pytest.warns(RuntimeWarning, match="ran out of GPU memory"), pytest.raises(torch.OutOfMemoryError):
+        TrunkJacobian("batched", 4)(z, shared, cotangents)
+    assert sizes == [4, 2, 1]
+    monkeypatch.setattr(gradients, "AUTO_BATCHED_DEVICES", ("cpu",))
+    engine = TrunkJacobian("auto")
+    with pytest.warns(RuntimeWarning) as caught:
+        torch.testing.assert_close(engine(z, shared, cotangents), loop)
+    assert [str(w.message).split(";")[0] for w in caught] == [
+        "a batched per-task backward of 5 cotangents ran out of GPU memory",
+        "the batched per-task backward failed (OutOfMemoryError: 1 cotangents do not fit)"]
+    assert engine.batching_failed
+
+
+def test_a_null_chunk_is_sized_from_one_measured_backward_and_the_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Row 0 alone takes 100 bytes and 450 are free: half of them hold 2 rows per batched backward."""
+    z, shared, cotangents = five_cotangents()
+    whole = TrunkJacobian("batched")(z, shared, cotangents)
+    monkeypatch.setattr(gradients, "MEMORY_BOUNDED_DEVICES", ("cpu",))
+    measured: list[int] = []
+
+    def measured_backward(z: torch.Tensor, params: list[torch.Tensor], cotangent: torch.Tensor
+                          ) -> tuple[torch.Tensor, int]:
+        measured.append(cotangent.shape[0])
+        return gradients.flat_rows(gradients.batched_backward(z, params, cotangent), params, 1), 100
+
+    monkeypatch.setattr(gradients, "measured_backward", measured_backward)
+    monkeypatch.setattr(gradients, "free_memory", lambda device: 450)
+    sizes = record_batched_backwards(monkeypatch)
+    engine = TrunkJacobian("batched")
+    torch.testing.assert_close(engine(z, shared, cotangents), whole, rtol=1e-5, atol=1e-6)
+    assert measured == [1] and sizes == [1, 2, 2] and engine.planned == {(5, *z.shape): 2}
+    sizes.clear()
+    torch.testing.assert_close(engine(z, shared, cotangents), whole, rtol=1e-5, atol=1e-6)
+    assert measured == [1] and sizes == [2, 2, 1]  # measured once per (m, z shape)
+    sizes.clear()
+    TrunkJacobian("batched", 4)(z, shared, cotangents)
+    assert measured == [1] and sizes == [4, 1]  # a set chunk is not measured
+
+
+def test_the_memory_bounded_chunk_fills_the_free_share_with_whole_rows() -> None:
+    mib = 2 ** 20
+    assert gradients.FREE_FRACTION == 0.5
+    assert gradients.memory_bounded_chunk(32, 3 * mib, 100 * mib) == 16  # 50 MiB / 3 MiB = 16.7
+    assert gradients.memory_bounded_chunk(8, 3 * mib, 100 * mib) == 8  # never more than the rows
+    assert gradients.memory_bounded_chunk(8, 100, 1000, free_fraction=0.9) == 8  # 900 / 100 = 9 fit, 8 asked
+    assert gradients.memory_bounded_chunk(20, 100, 1000, free_fraction=0.9) == 9
+    assert gradients.memory_bounded_chunk(8, 300, 500) == 1  # not even one row fits: one at a time
+    assert gradients.memory_bounded_chunk(8, 0, 500) == 8  # a row that takes nothing
+
+
+@pytest.mark.parametrize("chunk", [0, -2, True, 2.5, "4"])
+def test_a_bad_jacobian_chunk_is_one_config_error_naming_the_key(chunk: object) -> None:
+    with pytest.raises(ConfigError, match=r"weighting.jacobian_chunk must be null \(as many cotangents per batched "
+                                          r"trunk backward as fit in GPU memory\) or an integer >= 1"):
+        TrunkJacobian("batched", chunk)
+
+
+def test_every_gradient_method_takes_jacobian_chunk_from_its_config() -> None:
+    for name in WEIGHTINGS:
+        assert "\njacobian_chunk: null " in (CONFIG_DIR / "weighting" / f"{name}.yaml").read_text()
+        assert weighting(name, "weighting.jacobian_chunk=3").trunk_jacobian.chunk == 3
+    with pytest.raises(ConfigError, match="weighting.jacobian_chunk must be null"):
+        weighting("mgda", "weighting.jacobian_chunk=0")
+    with pytest.raises(ConfigError, match="weighting.jacobian_chunk=True must be an integer or null"):
+        weighting("sdmgrad", "weighting.jacobian_chunk=true")
