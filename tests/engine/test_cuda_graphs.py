@@ -21,6 +21,7 @@ from mtl_train.engine.trainer import Trainer
 from mtl_train.errors import ConfigError, NonFiniteLossError
 from mtl_train.schedules.alternating import AlternatingSchedule
 from mtl_train.schedules.decay import DecaySchedule
+from mtl_train.weighting.cagrad import CAGrad
 from mtl_train.weighting.ew import EqualWeighting
 from mtl_train.weighting.mgda import MGDA
 from mtl_train.weighting.pcgrad import PCGrad
@@ -82,8 +83,9 @@ def assert_same_training(eager: Trainer, graphs: Trainer, steps: int) -> None:
     torch.testing.assert_close(list(graphs.weighting.parameters()), list(eager.weighting.parameters()), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("weighting", [EqualWeighting, UncertaintyWeighting, lambda tasks: MGDA(tasks, mode="rep")],
-                         ids=["ew", "uw", "mgda-rep"])
+@pytest.mark.parametrize("weighting", [EqualWeighting, UncertaintyWeighting, lambda tasks: MGDA(tasks, mode="rep"),
+                                       lambda tasks: CAGrad(tasks, mode="params", jacobian="batched")],
+                         ids=["ew", "uw", "mgda-rep", "cagrad-params"])
 def test_replays_train_as_eager_steps_do_with_a_graph_per_batch_shape(weighting, tmp_path: Path) -> None:
     """20 rows in batches of 8: two full batches and one of 4 per epoch, so two graphs; 18 steps are 3 warm-up
     steps and 9 replays of the full batch's graph, 3 and 3 of the last batch's."""
@@ -210,7 +212,6 @@ def test_cuda_graph_replays_match_eager_steps(name: str, amp, tmp_path: Path) ->
     """Real CUDA graphs against eager steps on a GPU: the same losses, weights and parameters over 18 steps (two
     graphs, Adam), to float tolerance (the kernels are the same; a library may pick another algorithm under
     capture)."""
-    from mtl_train.weighting.cagrad import CAGrad
     methods = {"ew": EqualWeighting, "uw": UncertaintyWeighting, "mgda-rep": lambda t: MGDA(t, mode="rep"),
                "cagrad-params": lambda t: CAGrad(t, mode="params")}
     trainers = []
