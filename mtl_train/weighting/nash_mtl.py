@@ -184,7 +184,9 @@ class NashMTL(GradientWeighting):
         self.tolerance = tolerance
         self.register_buffer("alpha", torch.ones(self.num_tasks))  # last solution, true units (reused between updates)
         self.register_buffer("alpha_normalized", torch.ones(self.num_tasks))  # warm start: unit_alpha (unit gradients)
-        self.calls = 0  # backward calls so far; a Python int so that deciding whether to update needs no device sync
+        # backward calls so far (counted when update_weights_every > 1); a Python int, so that deciding whether to
+        # update needs no device sync
+        self.calls = 0
 
     def get_extra_state(self) -> dict:
         return {"calls": self.calls}
@@ -207,7 +209,15 @@ class NashMTL(GradientWeighting):
         """Only when every step updates the weights (the other steps build alpha @ G alone)."""
         return self.update_weights_every == 1 and super().keeps_gradients(wrt)
 
+    @property
+    def cuda_graph_safe(self) -> bool:
+        """Safe for CUDA graphs when every step updates alpha: the Python step counter is then not needed (nor
+        advanced). On a GPU the solver runs all its iterations, without host reads."""
+        return self.update_weights_every == 1
+
     def backward(self, losses: Tensor, ctx: StepContext) -> Tensor:
+        if self.update_weights_every == 1:
+            return super().backward(losses, ctx)
         update = self.calls % self.update_weights_every == 0
         self.calls += 1
         if update:

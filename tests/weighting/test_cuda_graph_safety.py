@@ -31,22 +31,32 @@ from mtl_train.weighting.base import StepContext, Weighting
 TASKS = ["a", "b", "c"]
 METHODS = sorted(p.stem for p in (CONFIG_DIR / "weighting").glob("*.yaml"))
 #: The methods marked safe (:data:`EXPECTED_MARKED`). Not marked, each failing a check below: a random generator on
-#: the host (pcgrad, gradvac, graddrop, rgw, rlw), the epoch read in the step (stch, excess_mtl), a Python step
-#: counter (nash_mtl), the losses after the update (famo); and aligned_mtl, whose torch.linalg.eigh checks its
-#: convergence on the host on a GPU.
-MARKED = sorted(name for name in METHODS
-                if get_class(OmegaConf.load(CONFIG_DIR / "weighting" / f"{name}.yaml")._target_).cuda_graph_safe)
-WARMUP_STEPS = 3
-METRICS = {t: {"accuracy": 0.5, "loss": 1.0} for t in TASKS}
+#: the host (pcgrad, gradvac, graddrop, rgw, rlw), the epoch read in the step (stch, excess_mtl), the losses after
+#: the update (famo); and aligned_mtl, whose torch.linalg.eigh checks its convergence on the host on a GPU. Nash-MTL
+#: is marked when it updates its weights every step (its default), without its Python step counter.
 
 
 @functools.cache
 def method_config(name: str) -> DictConfig:
-    return compose_config([f"weighting={name}"]).weighting
+    overrides = ["++weighting.tolerance=0"] if name == "nash_mtl" else []  # its CUDA path: no early stop on the host
+    return compose_config([f"weighting={name}", *overrides]).weighting
 
 
 def method(name: str) -> Weighting:
     return instantiate(method_config(name), "weighting", task_names=TASKS)
+
+
+def is_marked(name: str) -> bool:
+    """The class's flag, or, where a property decides it from the settings (Nash-MTL), the default instance's."""
+    flag = get_class(OmegaConf.load(CONFIG_DIR / "weighting" / f"{name}.yaml")._target_).cuda_graph_safe
+    return method(name).cuda_graph_safe if isinstance(flag, property) else flag
+
+
+MARKED = sorted(name for name in METHODS if is_marked(name))
+WARMUP_STEPS = 3
+METRICS = {t: {"accuracy": 0.5, "loss": 1.0} for t in TASKS}
+
+
 
 
 class Harness:
@@ -178,6 +188,17 @@ def test_the_checks_catch_what_breaks_a_replay() -> None:
         warmed_up("famo")
 
 
+def test_nash_mtl_is_marked_only_when_it_updates_every_step() -> None:
+    """With ``update_weights_every`` > 1 its Python step counter decides the step, which a replay would not run."""
+    assert method("nash_mtl").cuda_graph_safe
+    every_other = instantiate(method_config("nash_mtl"), "weighting", task_names=TASKS, update_weights_every=2)
+    assert not every_other.cuda_graph_safe
+    harness = Harness(every_other)
+    harness.step()
+    with pytest.raises(AssertionError, match="calls"):
+        check_host_state_and_storage(harness)
+
+
 def test_the_marked_methods() -> None:
     """The list changes only on purpose: a newly marked method must pass the checks above, and an unmarked one
     falls back to eager steps with a warning."""
@@ -185,5 +206,5 @@ def test_the_marked_methods() -> None:
 
 
 EXPECTED_MARKED = ["cagrad", "con_fig", "db_mtl", "dualproj", "dwa", "ew", "fairgrad", "gls", "grad_norm_prop", "gradnorm",
-                   "imtl", "inverse_loss", "loss_ratio", "max_entropy", "mc_dropout", "mgda", "moco", "modo", "pcd",
-                   "performance", "sdmgrad", "static", "upgrad", "uw"]
+                   "imtl", "inverse_loss", "loss_ratio", "max_entropy", "mc_dropout", "mgda", "moco", "modo",
+                   "nash_mtl", "pcd", "performance", "sdmgrad", "static", "upgrad", "uw"]
