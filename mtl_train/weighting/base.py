@@ -95,7 +95,8 @@ class Weighting(nn.Module, ABC):
     method is safe when its ``backward`` and ``after_optimizer_step`` read no tensor value on the host, ignore
     ``ctx.step``, ``ctx.epoch`` and ``ctx.recompute_losses``, draw random numbers only from the device's global
     generator, and keep all state that changes between steps in its tensors, updated in place (also in
-    ``after_epoch`` and ``after_evaluation``). False by default, so a method of one's own runs eagerly until marked;
+    ``after_epoch`` and ``after_evaluation``). False by default, so a method of one's own runs eagerly until marked
+    (a subclass may make it a property decided by its settings, as Nash-MTL does);
     ``tests/weighting/test_cuda_graph_safety.py`` checks every method that is marked.
     """
 
