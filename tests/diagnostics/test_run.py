@@ -4,13 +4,12 @@ a stop and resume."""
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 
 import pytest
 from conftest import compose_config
+from interrupt import interrupt_at
 
-from mtl_train.engine.trainer import Trainer
 from mtl_train.errors import TrainingInterrupted
 from mtl_train.train import train
 
@@ -18,19 +17,6 @@ from mtl_train.train import train
 RUN = ["debug=smoke", "dataset.num_train=36", "dataset.num_val=16", "trainer.max_steps=null", "trainer.max_epochs=3",
        "trainer.eval_every=null", "trainer.log_every=2", "trainer.plots=false"]
 DIAGNOSTICS = ["diagnostics=affinity", "diagnostics.every=2", "diagnostics.affinity_every=5"]
-
-
-def stop_after(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
-    """SIGINT right after optimizer step ``step``: the run flushes, checkpoints and stops."""
-    original = Trainer.train_step
-
-    def train_step(self, inputs, targets, share=1.0):
-        result = original(self, inputs, targets, share)
-        if self.step + 1 == step:
-            signal.raise_signal(signal.SIGINT)
-        return result
-
-    monkeypatch.setattr(Trainer, "train_step", train_step)
 
 
 def test_a_smoke_run_writes_the_summary_block_the_files_and_the_plots(tmp_path: Path) -> None:
@@ -64,7 +50,7 @@ def test_resume_keeps_the_diagnostics_files_continuous(tmp_path: Path, monkeypat
     assert reference["diagnostics"]["affinity"]["samples"] == 3  # steps 1, 6, 11
     run_dir = tmp_path / "interrupted"
     with monkeypatch.context() as patch:
-        stop_after(patch, 7)
+        interrupt_at(patch, 7)
         with pytest.raises(TrainingInterrupted):
             train(compose_config([*RUN, *DIAGNOSTICS], run_dir))
     resumed = train(compose_config([*RUN, *DIAGNOSTICS, "trainer.resume=true"], run_dir))

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import compose_config
+from interrupt import interrupt_at
 
 from mtl_train.engine.report import metrics_table
 from mtl_train.engine.trainer import Trainer
@@ -27,22 +28,6 @@ RECORDS = ("losses.csv", "weights.csv", "metrics.jsonl")
 
 def run_dir_records(run_dir: Path) -> dict[str, str]:
     return {name: (run_dir / name).read_text() for name in RECORDS}
-
-
-def interrupt_at(monkeypatch: pytest.MonkeyPatch, step: int, how: str) -> None:
-    """Make training stop right after optimizer step ``step``: by SIGINT (a graceful stop) or by a crash."""
-    original = Trainer.train_step
-
-    def train_step(self, inputs, targets, share=1.0):
-        result = original(self, inputs, targets, share)
-        if self.step + 1 == step:
-            if how == "signal":
-                signal.raise_signal(signal.SIGINT)
-            else:
-                raise RuntimeError("simulated crash")
-        return result
-
-    monkeypatch.setattr(Trainer, "train_step", train_step)
 
 
 @pytest.mark.parametrize(("weighting", "how", "step"), [

@@ -3,13 +3,12 @@ with the same masks (hence the same losses) as the uninterrupted run."""
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import pytest
 from conftest import compose_config
+from interrupt import interrupt_at
 
-from mtl_train.engine.trainer import Trainer
 from mtl_train.errors import TrainingInterrupted
 from mtl_train.train import train
 
@@ -23,25 +22,12 @@ RUN = ["debug=smoke", "dataset.num_train=24", "dataset.num_val=8", "dataset.num_
 STOP_AFTER_STEP = 4  # mid-epoch 2: the checkpoint is the one the SIGINT writes
 
 
-def stop_after(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
-    """Send SIGINT during optimizer step ``step``, so training stops gracefully right after it."""
-    original = Trainer.train_step
-
-    def train_step(self, inputs, targets, share=1.0):
-        result = original(self, inputs, targets, share)
-        if self.step + 1 == step:
-            signal.raise_signal(signal.SIGINT)
-        return result
-
-    monkeypatch.setattr(Trainer, "train_step", train_step)
-
-
 def test_resumed_run_draws_the_uninterrupted_runs_dropout_masks(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     train(compose_config(RUN, tmp_path / "reference"))
     run_dir = tmp_path / "interrupted"
     with monkeypatch.context() as patch:
-        stop_after(patch, STOP_AFTER_STEP)
+        interrupt_at(patch, STOP_AFTER_STEP)
         with pytest.raises(TrainingInterrupted):
             train(compose_config(RUN, run_dir))
     # The resumed process seeds and builds the model afresh, which leaves the global RNG where the reference run's

@@ -3,7 +3,6 @@ standardised per batch; the in-memory/streaming decision; its settings' errors."
 
 from __future__ import annotations
 
-import signal
 import warnings
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import compose_config
+from interrupt import interrupt_at
 from tiny_trainer import TASKS, tiny_data, tiny_trainer
 
 from mtl_train.data.base import MultiTaskData, TensorSplit, mapped_tensor, normalized
@@ -193,17 +193,9 @@ def test_a_streamed_run_interrupted_mid_epoch_resumes_to_the_in_memory_runs_para
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     reference = train(compose_config(RUN, tmp_path / "reference"))
     assert reference["data_loading"]["path"] == "in_memory"
-    original = Trainer.train_step
-
-    def train_step(self, inputs, targets, share=1.0):
-        result = original(self, inputs, targets, share)
-        if self.step + 1 == 7:  # SIGINT during step 7, the second batch of epoch 2: training stops right after it
-            signal.raise_signal(signal.SIGINT)
-        return result
-
     run_dir = tmp_path / "streamed"
     with monkeypatch.context() as patch:
-        patch.setattr(Trainer, "train_step", train_step)
+        interrupt_at(patch, 7)  # SIGINT during step 7, the second batch of epoch 2: training stops right after it
         with pytest.raises(TrainingInterrupted):
             train(compose_config([*RUN, *STREAMED], run_dir))
     checkpoint = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
