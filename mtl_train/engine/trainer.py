@@ -593,11 +593,13 @@ class Trainer:
 
     def checkpoint_state(self) -> dict:
         """Everything needed to inspect the run or continue it exactly (:meth:`load_checkpoint_state`)."""
+        optimizer, scheduler = self.optimizer.state_dict(), self.scheduler.state_dict()
+        if self.graphs is not None:  # it keeps learning rates as device tensors; the checkpoint has them as floats
+            optimizer, scheduler = plain_optimizer_state(optimizer), plain_scheduler_state(scheduler)
         return {
             "model": self.model.state_dict(),
-            # a run with CUDA graphs keeps learning rates as device tensors; its checkpoint has them as floats
-            "optimizer": (plain_optimizer_state if self.graphs else dict)(self.optimizer.state_dict()),
-            "scheduler": (plain_scheduler_state if self.graphs else dict)(self.scheduler.state_dict()),
+            "optimizer": optimizer,
+            "scheduler": scheduler,
             "scaler": self.scaler.state_dict(),
             "weighting": self.weighting.state_dict(),
             "rng": rng_state(),
